@@ -1,0 +1,19 @@
+"""Augmentation of training views: additive noise (MUSAN-style categories) and reverberation."""
+
+from .augmenter import APPLY_TO, MODES, AugmentConfig, Augmenter, ViewAug
+from .noise import NoiseBank, combine_sources, mix_at_snr
+from .reverb import RirBank, prepare_rir, reverberate
+
+__all__ = [
+    "APPLY_TO",
+    "MODES",
+    "AugmentConfig",
+    "Augmenter",
+    "NoiseBank",
+    "RirBank",
+    "ViewAug",
+    "combine_sources",
+    "mix_at_snr",
+    "prepare_rir",
+    "reverberate",
+]

@@ -1,0 +1,163 @@
+"""Per-view augmentation of contrastive views (MoCoVox Table 1 settings: none, noise, reverb, N|R).
+
+Randomness comes only from a numpy Generator (passed in, or owned and checkpointable), and all
+random choices, including noise segments and RIRs, are drawn on the CPU, so a run is
+reproducible whatever device does the arithmetic. Mixing and convolution run in torch on the
+views' device (``augment_views``) or on a data worker's CPU (``augment_waveform``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .noise import NoiseBank, combine_sources, mix_at_snr
+from .reverb import RirBank, reverberate
+
+MODES = ("none", "noise", "reverb", "N|R")
+APPLY_TO = ("both", "one", "second")
+BANK_CATEGORY = {"noise": "noise", "music": "music", "babble": "speech"}  # babble is made of speech files
+
+
+@dataclass
+class AugmentConfig:
+    """SNR ranges in dB and babble talker counts (inclusive), drawn uniformly, as in the MUSAN recipes."""
+
+    noise_snr: tuple[float, float] = (0.0, 15.0)
+    music_snr: tuple[float, float] = (5.0, 15.0)
+    babble_snr: tuple[float, float] = (13.0, 20.0)
+    babble_count: tuple[int, int] = (3, 7)
+    p_noise_given_NR: float = 0.75  # mode "N|R": noise with this probability, else reverb
+    category_weights: dict[str, float] = field(default_factory=lambda: {"noise": 1.0, "music": 1.0, "babble": 1.0})
+
+    def __post_init__(self):
+        for name in ("noise_snr", "music_snr", "babble_snr", "babble_count"):
+            lo, hi = getattr(self, name)  # lists from YAML are fine
+            if lo > hi:
+                raise ValueError(f"AugmentConfig.{name}: low {lo} > high {hi}")
+            setattr(self, name, (lo, hi))
+        if self.babble_count[0] < 1:
+            raise ValueError(f"AugmentConfig.babble_count must be ≥ 1, got {self.babble_count}")
+        if not 0.0 <= self.p_noise_given_NR <= 1.0:
+            raise ValueError(f"AugmentConfig.p_noise_given_NR must be in [0, 1], got {self.p_noise_given_NR}")
+        unknown = set(self.category_weights) - set(BANK_CATEGORY)
+        if unknown or any(w < 0 for w in self.category_weights.values()):
+            raise ValueError(f"AugmentConfig.category_weights: categories are {list(BANK_CATEGORY)}, weights ≥ 0; got {self.category_weights}")
+
+    def snr_range(self, category: str) -> tuple[float, float]:
+        return getattr(self, f"{category}_snr")
+
+
+@dataclass
+class ViewAug:
+    """The random draw for one view: what to apply, with its noise sources or RIR."""
+
+    kind: str = "none"  # "none", "noise" or "reverb"
+    category: str | None = None  # "noise", "music" or "babble"
+    sources: list[np.ndarray] = field(default_factory=list)  # one per noise file (babble: 3–7)
+    snr_db: list[float] = field(default_factory=list)  # one per source, relative to the speech
+    rir: np.ndarray | None = None
+
+
+class Augmenter:
+    """Draws and applies one augmentation per view; ``mode`` picks the kind, ``apply_to`` the views.
+
+    ``apply_to``: "both" augments every view, "one" a random view of each example, "second"
+    always the second view (the other stays clean). Pass ``rng`` to the methods to use your own
+    generator (e.g. one per data worker); otherwise the augmenter's own, seeded by ``seed``, is
+    used and saved by ``state_dict``.
+    """
+
+    def __init__(
+        self,
+        config: AugmentConfig | None = None,
+        noise_bank: NoiseBank | None = None,
+        rir_bank: RirBank | None = None,
+        mode: str = "N|R",
+        apply_to: str = "both",
+        seed: int = 0,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+        if apply_to not in APPLY_TO:
+            raise ValueError(f"apply_to={apply_to!r}: expected one of {APPLY_TO}")
+        self.config = config or AugmentConfig()
+        self.noise_bank, self.rir_bank = noise_bank, rir_bank
+        self.mode, self.apply_to = mode, apply_to
+        have = noise_bank.categories if noise_bank is not None else []
+        usable = {c: w for c, w in self.config.category_weights.items() if w > 0 and BANK_CATEGORY[c] in have}
+        self.categories = sorted(usable)
+        self._p_category = np.array([usable[c] for c in self.categories]) / sum(usable.values()) if usable else None
+        if mode in ("noise", "N|R") and not usable:
+            raise ValueError(
+                f"mode={mode!r} needs a noise_bank with files of category noise, music or speech (for babble); "
+                f"got {'no noise_bank' if noise_bank is None else f'categories {have}'}"
+            )
+        if mode in ("reverb", "N|R") and (rir_bank is None or len(rir_bank) == 0):
+            raise ValueError(f"mode={mode!r} needs a rir_bank with at least one impulse response")
+        self.rng = np.random.default_rng(seed)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+    def draw(self, n_samples: int, rng: np.random.Generator | None = None) -> ViewAug:
+        """The random augmentation of one view of ``n_samples`` samples, per ``mode``."""
+        rng = self.rng if rng is None else rng
+        kind = self.mode
+        if kind == "N|R":
+            kind = "noise" if rng.random() < self.config.p_noise_given_NR else "reverb"
+        if kind == "reverb":
+            return ViewAug("reverb", rir=self.rir_bank.sample(rng))
+        if kind == "none":
+            return ViewAug()
+        category = self.categories[rng.choice(len(self.categories), p=self._p_category)]
+        count = int(rng.integers(self.config.babble_count[0], self.config.babble_count[1] + 1)) if category == "babble" else 1
+        sources = self.noise_bank.sample_many(BANK_CATEGORY[category], count, n_samples, rng)
+        snrs = rng.uniform(*self.config.snr_range(category), size=count).tolist()
+        return ViewAug("noise", category, sources, snrs)
+
+    def augment_views(self, views: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """Augment views [B, V, T] on their own device; returns a new tensor of the same shape."""
+        rng = self.rng if rng is None else rng
+        B, V, T = views.shape
+        if self.apply_to == "both":
+            chosen = np.ones((B, V), bool)
+        else:
+            chosen = np.zeros((B, V), bool)
+            chosen[np.arange(B), rng.integers(V, size=B) if self.apply_to == "one" else min(1, V - 1)] = True
+        augs = [self.draw(T, rng) if c else ViewAug() for c in chosen.reshape(-1)]
+        return self.apply(views.reshape(B * V, T), augs).reshape(B, V, T)
+
+    def augment_waveform(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Augment one segment [T] on the CPU (for DataLoader workers, before batching)."""
+        y = self.apply(torch.from_numpy(np.asarray(x, np.float32))[None], [self.draw(len(x), rng)])
+        return y[0].numpy()
+
+    @staticmethod
+    def apply(x: torch.Tensor, augs: list[ViewAug]) -> torch.Tensor:
+        """Apply drawn augmentations to x [N, T] (one per row), batched by kind."""
+        out = x.clone()
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        noisy = [i for i, a in enumerate(augs) if a.kind == "noise"]
+        if noisy:
+            # Several sources (babble) are combined on the CPU into one noise and an effective
+            # SNR, so one [N, T] tensor goes to the device.
+            pairs = [combine_sources(augs[i].sources, augs[i].snr_db) if len(augs[i].sources) > 1 else (augs[i].sources[0], augs[i].snr_db[0]) for i in noisy]
+            noise = torch.from_numpy(np.stack([p[0] for p in pairs])).to(x.device, work)
+            snr = torch.tensor([p[1] for p in pairs], dtype=work, device=x.device)
+            idx = torch.tensor(noisy, device=x.device)
+            out[idx] = mix_at_snr(x[idx].to(work), noise, snr).to(x.dtype)
+        reverbed = [i for i, a in enumerate(augs) if a.kind == "reverb"]
+        if reverbed:
+            L = max(len(augs[i].rir) for i in reverbed)
+            rirs = np.zeros((len(reverbed), L), np.float32)
+            for row, i in enumerate(reverbed):
+                rirs[row, : len(augs[i].rir)] = augs[i].rir
+            idx = torch.tensor(reverbed, device=x.device)
+            out[idx] = reverberate(x[idx].to(work), torch.from_numpy(rirs).to(x.device)).to(x.dtype)
+        return out

@@ -1,0 +1,1 @@
+"""Data stage: manifests, corpus preparation, audio reading, crops, synthetic speech."""

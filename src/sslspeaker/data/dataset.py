@@ -1,0 +1,115 @@
+"""Training dataset and its resumable, shardable epoch sampler.
+
+Each item's randomness (crop positions, augmentation) comes from an RNG keyed by
+(seed, epoch, index), so an item is the same whichever worker or rank reads it and
+whether or not the run was interrupted: resuming needs only (epoch, batch position).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .audio import SAMPLE_RATE, AudioError
+from .crops import read_crops
+from .manifest import Entry
+
+log = logging.getLogger(__name__)
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # [V, T] -> [V, T]
+
+
+def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, index]))
+
+
+class SegmentDataset(torch.utils.data.Dataset):
+    """Yields ``n_views`` random crops of one utterance: ``{"wave": [V, T], "index", "label"}``.
+
+    Indexed by ``(epoch, index)`` pairs (see ``EpochBatchSampler``). An unreadable file is
+    reported once and replaced by another utterance drawn from the same RNG, so a bad file
+    never stops a run.
+    """
+
+    def __init__(self, entries: Sequence[Entry], crop_seconds: float = 1.8, n_views: int = 2, seed: int = 0,
+                 augment: Augment | None = None, with_labels: bool = False, sample_rate: int = SAMPLE_RATE):
+        if not entries:
+            raise ValueError("empty training manifest")
+        self.entries = list(entries)
+        self.crop_frames = int(round(crop_seconds * sample_rate))
+        self.n_views = n_views
+        self.seed = seed
+        self.augment = augment
+        self.sample_rate = sample_rate
+        self.bad: set[int] = set()
+        self.labels = None
+        if with_labels:
+            speakers = sorted({e.speaker for e in self.entries if e.speaker})
+            if len(speakers) == 0:
+                raise ValueError("with_labels needs a manifest with a speaker column")
+            self.speaker_ids = {s: i for i, s in enumerate(speakers)}
+            self.labels = [self.speaker_ids.get(e.speaker, -1) for e in self.entries]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        rng = item_rng(self.seed, epoch, index)
+        for _ in range(20):
+            if index not in self.bad:
+                e = self.entries[index]
+                frames = int(e.duration * self.sample_rate)
+                try:
+                    views = read_crops(e.path, frames, self.crop_frames, self.n_views, rng, self.sample_rate)
+                    break
+                except (AudioError, ValueError) as exc:
+                    self.bad.add(index)
+                    log.warning("skipping unreadable training file %s (%s)", e.path, exc)
+            index = int(rng.integers(len(self.entries)))
+        else:
+            raise RuntimeError("20 unreadable files in a row: check the training manifest")
+        if self.augment is not None:
+            views = self.augment(views, rng)
+        item = {"wave": torch.from_numpy(np.ascontiguousarray(views, dtype=np.float32)), "index": index}
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        return item
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Batches of ``(epoch, index)`` for one rank: a seeded permutation per epoch, sharded
+    across ranks, drop-last, starting from a saved batch position when resuming."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start_batch = 0, 0
+        if self.batches_per_epoch() == 0:
+            raise ValueError(f"{n} training utterances cannot fill one batch of {batch_size} x {world_size} ranks")
+
+    def batches_per_epoch(self) -> int:
+        return self.n // (self.batch_size * self.world_size)
+
+    def set_position(self, epoch: int, batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, batch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() - self.start_batch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        per_rank = self.batches_per_epoch() * self.batch_size
+        mine = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        for b in range(self.start_batch, self.batches_per_epoch()):
+            yield [(self.epoch, i) for i in mine[b * self.batch_size:(b + 1) * self.batch_size]]
+
+
+def collate(items: list[dict]) -> dict:
+    out = {"wave": torch.stack([it["wave"] for it in items]), "index": torch.tensor([it["index"] for it in items])}
+    if "label" in items[0]:
+        out["label"] = torch.tensor([it["label"] for it in items])
+    return out

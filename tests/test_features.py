@@ -119,3 +119,10 @@ def test_bad_arguments():
         LogMel()(torch.randn(1, 100))
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         LogMel()(torch.randn(SR))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    x = torch.randn(2, SR)
+    m = LogMel(norm="instance")
+    torch.testing.assert_close(m.cuda()(x.cuda()).cpu(), m.cpu()(x), atol=1e-3, rtol=1e-3)

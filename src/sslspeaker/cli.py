@@ -40,6 +40,36 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+
+    if args.list:
+        from .methods import list_methods
+        from .models import list_encoders
+
+        print("methods:")
+        for name, doc in list_methods().items():
+            print(f"  {name:14s} {doc}")
+        print("encoders: " + ", ".join(list_encoders()))
+        return 0
+    if not args.config or not args.out:
+        print("error: train needs CONFIG and --out RUN_DIR (or --list)", file=sys.stderr)
+        return 2
+    from .training.trainer import TrainingStopped, train
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        result = train(cfg, args.out, resume=args.resume, max_minutes=args.max_minutes)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingStopped as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 3
+    print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -63,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=None, help="parallel probes (default 4 x cores)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_prepare)
+
+    t = sub.add_parser("train", help="train an encoder from a recipe: train CONFIG [key=value ...] --out RUN_DIR")
+    t.add_argument("config", nargs="?", help="YAML recipe (see configs/)")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=32")
+    t.add_argument("--out", help="run folder (checkpoints, logs, resolved config)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--max-minutes", type=float, default=None, help="stop cleanly with a checkpoint after M minutes")
+    t.add_argument("--list", action="store_true", help="list the registered methods and encoders")
+    t.set_defaults(func=_train)
 
     s = sub.add_parser("synth", help="generate a synthetic multi-speaker corpus (tests, demo)")
     s.add_argument("out")

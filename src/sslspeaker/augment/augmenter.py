@@ -44,7 +44,10 @@ class AugmentConfig:
             raise ValueError(f"AugmentConfig.p_noise_given_NR must be in [0, 1], got {self.p_noise_given_NR}")
         unknown = set(self.category_weights) - set(BANK_CATEGORY)
         if unknown or any(w < 0 for w in self.category_weights.values()):
-            raise ValueError(f"AugmentConfig.category_weights: categories are {list(BANK_CATEGORY)}, weights ≥ 0; got {self.category_weights}")
+            raise ValueError(
+                f"AugmentConfig.category_weights: categories are {list(BANK_CATEGORY)}, weights ≥ 0; "
+                f"got {self.category_weights}"
+            )
 
     def snr_range(self, category: str) -> tuple[float, float]:
         return getattr(self, f"{category}_snr")
@@ -116,7 +119,8 @@ class Augmenter:
         if kind == "none":
             return ViewAug()
         category = self.categories[rng.choice(len(self.categories), p=self._p_category)]
-        count = int(rng.integers(self.config.babble_count[0], self.config.babble_count[1] + 1)) if category == "babble" else 1
+        lo, hi = self.config.babble_count if category == "babble" else (1, 1)
+        count = int(rng.integers(lo, hi + 1))
         sources = self.noise_bank.sample_many(BANK_CATEGORY[category], count, n_samples, rng)
         snrs = rng.uniform(*self.config.snr_range(category), size=count).tolist()
         return ViewAug("noise", category, sources, snrs)
@@ -147,7 +151,7 @@ class Augmenter:
         if noisy:
             # Several sources (babble) are combined on the CPU into one noise and an effective
             # SNR, so one [N, T] tensor goes to the device.
-            pairs = [combine_sources(augs[i].sources, augs[i].snr_db) if len(augs[i].sources) > 1 else (augs[i].sources[0], augs[i].snr_db[0]) for i in noisy]
+            pairs = [_one_noise(augs[i]) for i in noisy]
             noise = torch.from_numpy(np.stack([p[0] for p in pairs])).to(x.device, work)
             snr = torch.tensor([p[1] for p in pairs], dtype=work, device=x.device)
             idx = torch.tensor(noisy, device=x.device)
@@ -161,3 +165,7 @@ class Augmenter:
             idx = torch.tensor(reverbed, device=x.device)
             out[idx] = reverberate(x[idx].to(work), torch.from_numpy(rirs).to(x.device)).to(x.dtype)
         return out
+
+
+def _one_noise(a: ViewAug) -> tuple[np.ndarray, float]:
+    return (a.sources[0], a.snr_db[0]) if len(a.sources) == 1 else combine_sources(a.sources, a.snr_db)

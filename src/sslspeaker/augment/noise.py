@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 EPS = 1e-10  # power floor: a silent noise segment must not divide by zero
 PRELOAD_LIMIT_S = 1800.0  # categories shorter than this (30 min) are kept in memory
+MAX_WARNINGS = 5  # skipped files named one by one, the rest counted
 
 
 def mix_at_snr(speech: torch.Tensor, noise: torch.Tensor, snr_db) -> torch.Tensor:
@@ -56,17 +57,22 @@ class NoiseBank:
 
     def __init__(self, entries: list[Entry], preload: bool | None = None, preload_limit_s: float = PRELOAD_LIMIT_S):
         self._files: dict[str, list[_NoiseFile]] = {}
+        skipped = []
         for e in entries:
             try:
                 info = audio_info(e.path)
             except AudioError as exc:
-                log.warning("noise bank: skipping %s", exc)
+                skipped.append(str(exc))
                 continue
             frames = int(info.frames * SAMPLE_RATE // info.sample_rate) if info.sample_rate else 0
             if frames <= 0:
-                log.warning("noise bank: skipping %s: empty", e.path)
+                skipped.append(f"{e.path}: empty")
                 continue
             self._files.setdefault(e.category or "noise", []).append(_NoiseFile(e.path, frames))
+        for why in skipped[:MAX_WARNINGS]:
+            log.warning("noise bank: skipping %s", why)
+        if len(skipped) > MAX_WARNINGS:  # a wrong root makes every file fail: one line, not thousands
+            log.warning("noise bank: skipped %d unusable files of %d in all", len(skipped), len(entries))
         for category, files in self._files.items():
             total_s = sum(f.frames for f in files) / SAMPLE_RATE
             if preload or (preload is None and total_s < preload_limit_s):

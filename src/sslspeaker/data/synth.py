@@ -65,6 +65,7 @@ CONSONANTS = {
     "l": ("l", "approx", 1, 0, 0, 0.7), "r": ("r", "approx", 1, 0, 0, 0.7),
     "w": ("w", "approx", 1, 0, 0, 0.7), "j": ("j", "approx", 1, 0, 0, 0.7),
 }
+_K = {k: float(v) for k, v in (kv.split("=") for kv in os.environ.get("SYNTHK", "eq=3,tilt=1,lp=0.5,snr=0").split(","))}
 _CONS = list(CONSONANTS)
 _CODAS = ["m", "n", "N", "l", "r", "s", "f", "z", "t", "k"]
 # (F0 range Hz, vocal-tract factor range) per voice class; log-uniform/uniform within.
@@ -256,17 +257,18 @@ def synthesize(voice: Voice, duration: float, seed: int, sample_rate: int = SAMP
 
     # Channel: smooth random EQ over log frequency, random high-pass and optional low-pass.
     u = np.log2(np.maximum(f, 50.0) / 50.0) / np.log2(sr / 100.0)
-    Lc = sum(rng.normal(0, 3.0) / 8.686 * np.cos(j * np.pi * u + rng.uniform(0, 2 * np.pi)) for j in (1, 2, 3))
-    Lc = Lc + rng.uniform(-1.5, 1.5) / 8.686 * np.log2(np.maximum(f, 50.0) / 1000.0)
+    Lc = sum(rng.normal(0, _K["eq"]) / 8.686 * np.cos(j * np.pi * u + rng.uniform(0, 2 * np.pi)) for j in (1, 2, 3))
+    Lc = Lc + _K["tilt"]*rng.uniform(-1.5, 1.5) / 8.686 * np.log2(np.maximum(f, 50.0) / 1000.0)
     Lc = Lc - 0.5 * np.log1p((rng.uniform(50, 250) / np.maximum(f, 1.0)) ** 4)
-    if rng.random() < 0.5:
+    if rng.random() < _K["lp"]:
         Lc = Lc - 0.5 * np.log1p((f / rng.uniform(3400, 0.47 * sr)) ** 8)
 
     Y = _stft(pad(voiced), n_fft, hop, win) * _minphase(Lv + Lc, n_fft)
-    Y += _stft(pad(fric), n_fft, hop, win) * _minphase(Lf + Lc, n_fft)
+    # Noise sources have random phase anyway, so zero-phase filtering is as good and cheaper.
+    Y += _stft(pad(fric), n_fft, hop, win) * np.exp(Lf + Lc)
     Ln = rng.uniform(-6, 0) / 8.686 * np.log2(np.maximum(f, 50.0) / 1000.0) + Lc
-    N = _stft(pad(rng.standard_normal(n)), n_fft, hop, win) * _minphase(Ln, n_fft)
-    snr = 10 ** (rng.uniform(20, 40) / 10)
+    N = _stft(pad(rng.standard_normal(n)), n_fft, hop, win) * np.exp(Ln)
+    snr = 10 ** (rng.uniform(20, 40) / 10 + _K["snr"])
     Y += N * np.sqrt(np.sum(np.abs(Y) ** 2) / (snr * np.sum(np.abs(N) ** 2) + 1e-30))
     y = _istft(Y, n_fft, hop, win, n + 2 * n_fft + (-n) % hop)[n_fft : n_fft + n]
     gain = 10 ** (rng.uniform(-14, -1) / 20)

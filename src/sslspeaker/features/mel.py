@@ -35,7 +35,7 @@ def mel_filterbank(
     if norm not in (None, "slaney"):
         raise ValueError(f"norm={norm!r}: expected None or 'slaney'")
     if not 0 <= f_min < f_max <= sample_rate / 2:
-        raise ValueError(f"need 0 ≤ f_min < f_max ≤ sample_rate/2, got f_min={f_min}, f_max={f_max}, sr={sample_rate}")
+        raise ValueError(f"need 0 ≤ f_min < f_max ≤ sample_rate/2, got {f_min}, {f_max}, sr={sample_rate}")
     edges = mel_to_hz(torch.linspace(float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2, dtype=torch.float64))
     freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
     left, centre, right = edges[:-2], edges[1:-1], edges[2:]
@@ -123,4 +123,7 @@ class LogMel(torch.nn.Module):
         return mel
 
     def extra_repr(self) -> str:
-        return f"n_mels={self.n_mels}, n_fft={self.n_fft}, win={self.win_length}, hop={self.hop_length}, pre_emphasis={self.pre_emphasis}, norm={self.norm!r}"
+        return (
+            f"n_mels={self.n_mels}, n_fft={self.n_fft}, win={self.win_length}, hop={self.hop_length}, "
+            f"pre_emphasis={self.pre_emphasis}, norm={self.norm!r}"
+        )

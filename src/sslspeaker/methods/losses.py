@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def contrastive_logits(q: Tensor, k_pos: Tensor, negatives: Tensor, temperature: float, margin: float = 0.0) -> Tensor:
+def contrastive_logits(
+    q: Tensor, k_pos: Tensor, negatives: Tensor, temperature: float, margin: float = 0.0
+) -> Tensor:
     """logits_i = [(q_i·k⁺_i − m)/τ, q_i·n_1/τ, …, q_i·n_K/τ]  — positive in column 0, shape [N, 1+K]."""
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k_pos, negatives = q.float(), k_pos.float(), negatives.float()
@@ -21,7 +23,7 @@ def contrastive_logits(q: Tensor, k_pos: Tensor, negatives: Tensor, temperature:
 
 
 def info_nce(q: Tensor, k_pos: Tensor, queue: Tensor, temperature: float, margin: float = 0.0) -> Tensor:
-    """L = mean_i −log exp((q_i·k⁺_i − m)/τ) / (exp((q_i·k⁺_i − m)/τ) + Σ_j exp(q_i·k_j/τ))  (MoCo eq. 1; m: MoCo-AM)."""
+    """L = mean_i −log e^((q_i·k⁺_i − m)/τ) / (e^((q_i·k⁺_i − m)/τ) + Σ_j e^(q_i·k_j/τ))  (MoCo eq. 1; m: MoCo-AM)."""
     logits = contrastive_logits(q, k_pos, queue, temperature, margin)
     return positive_cross_entropy(logits)
 

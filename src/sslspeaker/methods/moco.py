@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 def mlp_projector(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
     """MoCo v2 style head: Linear → BN → ReLU → Linear."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)
+    )
 
 
 def shuffle_permutation(n: int, seed: int, count: int) -> Tensor:
@@ -61,13 +63,14 @@ class MoCo(Method):
         proj_dim: int = 128,
         symmetric: bool = False,
         bn_splits: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__(encoder)
         if projector not in ("none", "mlp"):
             raise ValueError(f"moco: projector must be 'none' or 'mlp', got {projector!r}")
         if queue_size < 1 or not 0.0 <= momentum <= 1.0 or temperature <= 0.0:
-            raise ValueError(f"moco: bad queue_size={queue_size} / momentum={momentum} / temperature={temperature}")
+            raise ValueError(f"moco: need queue_size >= 1, 0 <= momentum <= 1, temperature > 0; got "
+                             f"{queue_size}, {momentum}, {temperature}")
         if bn_splits is not None and bn_splits < 1:
             raise ValueError(f"moco: bn_splits must be >= 1, got {bn_splits}")
         if not hasattr(encoder, "embed_dim"):
@@ -83,7 +86,9 @@ class MoCo(Method):
         for p in [*self.key_encoder.parameters(), *self.key_projector.parameters()]:
             p.requires_grad_(False)
 
-        # Seeded so every rank starts from the same queue without a broadcast.
+        # Default: the trainer's torch.manual_seed, identical on every rank, so all ranks start
+        # from the same queue and shuffle stream without a broadcast.
+        seed = (torch.initial_seed() if seed is None else seed) & (2**63 - 1)
         g = torch.Generator().manual_seed(seed)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim, generator=g), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -103,7 +108,8 @@ class MoCo(Method):
 
     def _embed_split(self, encoder: nn.Module, projector: nn.Module, x: Tensor) -> Tensor:
         """Embeddings of ``x`` computed in ``bn_splits`` contiguous sub-batches (separate BN statistics)."""
-        n = min(self.bn_splits, x.shape[0]) if self.training else 1
+        # at least 2 rows per sub-batch: BatchNorm1d on [1, C] (MLP head) has no batch statistics
+        n = max(1, min(self.bn_splits, x.shape[0] // 2)) if self.training else 1
         return torch.cat([self._embed(encoder, projector, c) for c in x.tensor_split(n)])
 
     def encode_queries(self, x: Tensor) -> Tensor:
@@ -112,7 +118,10 @@ class MoCo(Method):
 
     @torch.no_grad()
     def encode_keys(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """L2-normalised keys for the local batch and for the global batch (rank order), with shuffle BN."""
+        """L2-normalised keys for the local batch and for the global batch (rank order), with shuffle BN.
+
+        In eval mode: no shuffle, and the second value is the local keys too (nothing is enqueued).
+        """
         if not self.training:
             k = self._embed(self.key_encoder, self.key_projector, x)
             return k, k
@@ -195,8 +204,9 @@ class MoCo(Method):
         if size <= limit:
             return size
         log.warning(
-            "moco: queue_size %d > %d keys of distinct utterances (%d training utterances, global batch %d); "
-            "clamping the queue to %d", size, n_train_examples * per_utt, n_train_examples, global_batch_size, limit,
+            "moco: queue_size %d > %d keys per epoch (%d training utterances, global batch %d): repeated "
+            "keys of one utterance would be false negatives; clamping the queue to %d",
+            size, n_train_examples * per_utt, n_train_examples, global_batch_size, limit,
         )
         self.queue = self.queue[:limit].clone()
         self.queue_ptr.remainder_(limit)
@@ -205,6 +215,7 @@ class MoCo(Method):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         # A checkpoint written after clamp_queue has a shorter queue: adopt its length.
         saved = state_dict.get(prefix + "queue")
-        if saved is not None and saved.dim() == 2 and saved.shape[1] == self.queue.shape[1] and saved.shape[0] != self.queue.shape[0]:
+        size, dim = self.queue.shape
+        if saved is not None and saved.dim() == 2 and saved.shape[1] == dim and saved.shape[0] != size:
             self.queue = torch.empty(saved.shape, dtype=self.queue.dtype, device=self.queue.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

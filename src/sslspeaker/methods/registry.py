@@ -40,7 +40,9 @@ def build_method(name: str, encoder: nn.Module, **options: Any) -> Method:
     known = _option_names(cls)
     unknown = sorted(set(options) - known) if known is not None else []
     if unknown:
-        raise ValueError(f"method {name!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"method {name!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     return cls(encoder, **options)
 
 

@@ -1,0 +1,248 @@
+"""Typed, strict configuration: a YAML recipe plus ``key=value`` overrides.
+
+Every section is a dataclass; an unknown key anywhere is an error naming it and the keys
+that exist; values are checked against the field types. ``${VAR}`` in strings expands from
+the environment, with ``SSLSPEAKER_DATA`` defaulting to the shared data folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .paths import ENV_VAR, data_root
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ManifestRef:
+    """A manifest, and optionally the folder its relative paths are relative to."""
+
+    manifest: str = ""  # a manifest CSV, or a folder of audio files
+    root: str | None = None
+    category: str | None = None  # noise sets: noise | music | speech
+
+
+@dataclass
+class DataConfig:
+    train: list[ManifestRef] = field(default_factory=list)
+    crop_seconds: float = 1.8
+    n_views: int = 2
+    workers: int = 1  # DataLoader worker processes (0 = read in the training process)
+    prefetch: int = 4
+
+
+@dataclass
+class AugmentConfig:
+    mode: str = "none"  # none | noise | reverb | N|R   (MoCoVox Table 1)
+    apply_to: str = "both"  # both | one
+    noise: list[ManifestRef] = field(default_factory=list)
+    rir: list[ManifestRef] = field(default_factory=list)
+    on_device: bool = False  # batched on the training device instead of in data workers
+
+
+@dataclass
+class FeatureConfig:
+    n_mels: int = 40
+    norm: str = "instance"  # none | mean | instance
+    preemphasis: float = 0.97
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "fast_resnet34"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "moco"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | constant
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+
+
+@dataclass
+class ValidationConfig:
+    trials: str | None = None
+    audio_root: str | None = None
+    every_epochs: int = 1
+    max_seconds: float = 0.0  # crop evaluation utterances to this length (0 = full)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 64  # per process
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    threads: int = 0  # torch intra-op threads (0 = torch default)
+    checkpoint_every: int = 500  # steps
+    log_every: int = 10  # steps
+    max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
+    init_from: str | None = None  # start the encoder from another run's checkpoint
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _expand(s: str) -> str:
+    def sub(m: re.Match) -> str:
+        name = m.group(1)
+        if name in os.environ:
+            return os.environ[name]
+        if name == ENV_VAR:
+            root = data_root()
+            if root is not None:
+                return str(root)
+        raise ConfigError(f"${{{name}}} is not set (needed by the config)")
+
+    return re.sub(r"\$\{(\w+)\}", sub, s)
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, str) and tp is ManifestRef:
+            value = {"manifest": value}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {k: (_expand(v) if isinstance(v, str) else v) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return _expand(str(value))
+    return value
+
+
+def _build(cls, values: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"unknown key {where + '.' if where else ''}{sorted(unknown)[0]} "
+                          f"(known: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw  # e.g. an unquoted ${VAR} path: take it as a string
+        _set_path(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Recipe (or defaults) + overrides -> a checked ``Config``."""
+    tree: dict = {}
+    if path is not None:
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such recipe") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: a recipe is a mapping of sections")
+    tree = _merge(tree, parse_overrides(overrides or []))
+    try:
+        return _build(Config, tree, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{path or 'config'}: {exc}") from None
+
+
+def config_from_dict(tree: dict) -> Config:
+    return _build(Config, tree, "")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)

@@ -1,0 +1,108 @@
+"""Everything the trainer needs, built from a ``Config``: data, augmentation, features, model, optimiser."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..augment.augmenter import Augmenter
+from ..augment.noise import NoiseBank
+from ..augment.reverb import RirBank
+from ..config import Config, ConfigError, ManifestRef
+from ..data.audio import audio_info
+from ..data.manifest import Entry, read_manifest
+from ..data.prepare import scan
+from ..features.mel import LogMel
+from ..methods import build_method
+from ..methods.base import Method
+from ..models import build_encoder
+
+
+def load_entries(ref: ManifestRef, category: str | None = None) -> list[Entry]:
+    """A manifest CSV (relative to ``ref.root`` or its folder), or every audio file in a folder."""
+    p = Path(ref.manifest)
+    if p.is_dir():
+        entries = [Entry(str(f), None, audio_info(f).duration, category) for f in scan(p)]
+    elif p.is_file():
+        entries = read_manifest(p, base=ref.root)
+        if category:
+            entries = [Entry(e.path, e.speaker, e.duration, category) for e in entries]
+    else:
+        raise ConfigError(f"manifest {ref.manifest}: no such file or folder")
+    if not entries:
+        raise ConfigError(f"manifest {ref.manifest}: no audio listed")
+    return entries
+
+
+def load_all(refs: list[ManifestRef]) -> list[Entry]:
+    return [e for r in refs for e in load_entries(r, r.category)]
+
+
+def build_augmenter(cfg: Config, seed: int) -> Augmenter | None:
+    a = cfg.augment
+    if a.mode == "none":
+        return None
+    noise = NoiseBank(load_all(a.noise)) if a.noise else None
+    rir = RirBank(load_all(a.rir)) if a.rir else None
+    try:
+        return Augmenter(None, noise, rir, mode=a.mode, apply_to=a.apply_to, seed=seed)
+    except ValueError as exc:
+        raise ConfigError(f"augment: {exc}") from None
+
+
+def worker_augment(augmenter: Augmenter):
+    """The data-worker path: augment one utterance's views [V, T] with the item's own RNG."""
+
+    def augment(views: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return augmenter.augment_views(torch.from_numpy(views)[None], rng)[0].numpy()
+
+    return augment
+
+
+def build_features(cfg: Config) -> LogMel:
+    f = cfg.features
+    return LogMel(n_mels=f.n_mels, norm=f.norm, pre_emphasis=f.preemphasis)
+
+
+def build_model(cfg: Config) -> Method:
+    try:
+        encoder = build_encoder(cfg.model.encoder, n_mels=cfg.features.n_mels, **cfg.model.options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model: {exc}") from None
+    try:
+        return build_method(cfg.method.name, encoder, **cfg.method.options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"method: {exc}") from None
+
+
+def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = [p for p in params if p.requires_grad]
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    raise ConfigError(f"optim.name={o.name!r}: expected sgd, adam or adamw")
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up, then cosine decay 0.5·(1 + cos(π·t)) over the remaining steps (or constant)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def build_scheduler(cfg: Config, optimizer, total_steps: int):
+    o = cfg.optim
+    if o.schedule not in ("cosine", "constant"):
+        raise ConfigError(f"optim.schedule={o.schedule!r}: expected cosine or constant")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, o.warmup_steps, o.schedule))

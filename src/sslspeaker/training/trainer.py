@@ -1,0 +1,288 @@
+"""The one training loop shared by every method (contrastive, momentum, distillation, supervised).
+
+A method gets a batch of features [B, V, n_mels, frames] and returns (loss, logs); the loop
+owns everything else: data order, augmentation, features, precision, clipping, schedule,
+checkpoints that resume exactly, validation EER, progress and logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import distributed as dist_utils
+from ..config import Config, ConfigError, config_from_dict, save_config, to_dict
+from ..data.dataset import EpochBatchSampler, SegmentDataset, collate
+from ..data.manifest import read_trials, resolve
+from ..evaluation.embeddings import cosine_trial_scores, embed_files
+from ..evaluation.metrics import compute_eer, compute_min_dcf
+from .build import (build_augmenter, build_features, build_model, build_optimizer, build_scheduler, load_all,
+                    worker_augment)
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoints/last.pt"
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped itself (non-finite losses); the last good checkpoint is intact."""
+
+
+def _device(cfg: Config) -> torch.device:
+    if cfg.train.device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(cfg.train.device)
+
+
+def _init_distributed(device: torch.device) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def _autocast(cfg: Config, device: torch.device):
+    if cfg.train.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
+    if dtype is None:
+        raise ConfigError(f"train.precision={cfg.train.precision!r}: expected fp32, bf16 or fp16")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out_dir: str | os.PathLike, resume: bool = False):
+        self.out = Path(out_dir)
+        ckpt = None
+        if resume:
+            if not (self.out / CHECKPOINT).is_file():
+                raise FileNotFoundError(f"--resume: no checkpoint at {self.out / CHECKPOINT}")
+            ckpt = load_checkpoint(self.out / CHECKPOINT)
+            cfg = config_from_dict(ckpt["config"])  # the run continues with the config it started with
+        self.cfg = cfg
+        t = cfg.train
+        self.device = _device(cfg)
+        _init_distributed(self.device)
+        self.rank, self.world = dist_utils.get_rank(), dist_utils.get_world_size()
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        torch.manual_seed(t.seed)
+
+        entries = load_all(cfg.data.train)
+        self.augmenter = build_augmenter(cfg, t.seed)
+        on_worker = self.augmenter is not None and not cfg.augment.on_device
+        self.method = build_model(cfg)
+        self.dataset = SegmentDataset(entries, cfg.data.crop_seconds, cfg.data.n_views, t.seed,
+                                      augment=worker_augment(self.augmenter) if on_worker else None,
+                                      with_labels=self.method.needs_labels)
+        self.sampler = EpochBatchSampler(len(entries), t.batch_size, t.seed, self.rank, self.world)
+        self.steps_per_epoch = self.sampler.batches_per_epoch()
+        self.total_steps = self.steps_per_epoch * t.epochs
+        self.method.on_train_start(len(entries), t.batch_size * self.world)
+        self.features = build_features(cfg).to(self.device)
+        if t.init_from:
+            self._init_encoder(t.init_from)
+        self.method.to(self.device)
+        if t.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        self.model = self.method
+        if self.world > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
+        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.optimizer = build_optimizer(cfg, self.method.parameters())
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.history: list[dict] = []
+        if ckpt is not None:
+            self._restore(ckpt)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            save_config(self.cfg, self.out / "config.yaml")
+        self._tb = self._tensorboard()
+
+    # ---- state ------------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _init_encoder(self, path: str) -> None:
+        state = load_checkpoint(path)["method"]
+        enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        missing, unexpected = self.method.encoder.load_state_dict(enc, strict=False)
+        if missing:
+            raise ConfigError(f"train.init_from={path}: encoder weights missing {missing[:3]}...")
+        if hasattr(self.method, "key_encoder"):  # momentum copies start from the same weights
+            self.method.key_encoder.load_state_dict(self.method.encoder.state_dict())
+
+    def state_dict(self) -> dict:
+        return {
+            "format": "sslspeaker-checkpoint-1",
+            "config": to_dict(self.cfg),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "position": {"step": self.step, "epoch": self.epoch, "batch": self.batch_in_epoch},
+            "history": json.dumps(self.history),
+        }
+
+    def _restore(self, ckpt: dict) -> None:
+        self.method.load_state_dict(ckpt["method"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        pos = ckpt["position"]
+        self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch"]
+        self.history = json.loads(ckpt["history"])
+
+    def save(self) -> None:
+        if self.is_main:
+            save_checkpoint(self.out / CHECKPOINT, self.state_dict())
+
+    # ---- logging ----------------------------------------------------------------------------
+    def _tensorboard(self):
+        if not self.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # the tensorboard extra is optional
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    def _log(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        self.history.append(record) if "eer" in record else None
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self._tb.add_scalar(k, v, record.get("step", self.step))
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def _loader(self):
+        self.sampler.set_position(self.epoch, self.batch_in_epoch)
+        w = self.cfg.data.workers
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=w,
+            prefetch_factor=self.cfg.data.prefetch if w else None, persistent_workers=False,
+            pin_memory=self.device.type == "cuda")
+
+    def _features(self, wave: torch.Tensor) -> torch.Tensor:
+        wave = wave.to(self.device, non_blocking=True)
+        B, V, T = wave.shape
+        if self.augmenter is not None and self.cfg.augment.on_device:
+            rng = np.random.default_rng([self.cfg.train.seed, self.step])  # resumable: keyed by step
+            wave = self.augmenter.augment_views(wave, rng)
+        feats = self.features(wave.reshape(B * V, T))
+        return feats.reshape(B, V, *feats.shape[1:])
+
+    def train(self, max_minutes: float | None = None, stop_after_steps: int | None = None) -> dict:
+        """Run to the end (or the time/step limit, with a checkpoint); returns the last metrics."""
+        t = self.cfg.train
+        start = time.perf_counter()
+        nonfinite = 0
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not self.is_main,
+                   dynamic_ncols=True, mininterval=2.0)
+        examples, rate_t0 = 0, time.perf_counter()
+        self.method.train()
+        stopped = False
+        while self.epoch < t.epochs and not stopped:
+            for batch in self._loader():
+                self.batch_in_epoch += 1  # consumed, even if its step is skipped below
+                feats = self._features(batch["wave"])
+                if t.channels_last:
+                    feats = feats.contiguous()
+                labels = batch.get("label")
+                labels = labels.to(self.device) if labels is not None else None
+                with _autocast(self.cfg, self.device):
+                    loss, logs = self.forward(feats, labels)
+                if not torch.isfinite(loss):
+                    nonfinite += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._log({"step": self.step, "event": "non-finite loss", "in_a_row": nonfinite})
+                    if nonfinite >= t.max_nonfinite:
+                        bar.close()
+                        raise TrainingStopped(f"{nonfinite} non-finite losses in a row at step {self.step}; "
+                                              f"last good checkpoint: {self.out / CHECKPOINT}")
+                    continue
+                nonfinite = 0
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if self.cfg.optim.grad_clip > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
+                        self.method.parameters(), self.cfg.optim.grad_clip))
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                self.method.after_step(self.step, self.total_steps)
+                self.step += 1
+                examples += feats.shape[0] * self.world
+                if self.step % t.log_every == 0 or self.step == 1:
+                    rate = examples / max(1e-9, time.perf_counter() - rate_t0)
+                    rec = {"step": self.step, "epoch": self.epoch, "loss": float(loss), "lr":
+                           self.optimizer.param_groups[0]["lr"], "examples_per_s": round(rate, 2), **logs}
+                    self._log(rec)
+                    bar.set_postfix(loss=f"{float(loss):.3f}", ex_s=f"{rate:.1f}", ep=self.epoch)
+                bar.update(1)
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                    self.save()
+                out_of_time = max_minutes is not None and time.perf_counter() - start > 60 * max_minutes
+                if out_of_time or (stop_after_steps is not None and self.step >= stop_after_steps):
+                    stopped = True
+                    break
+            if stopped and self.batch_in_epoch < self.steps_per_epoch:
+                break
+            self.method.on_epoch_end(self.epoch, self)
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            v = self.cfg.validation
+            if v.trials and v.every_epochs and self.epoch % v.every_epochs == 0 and self.is_main:
+                self._log({"step": self.step, "epoch": self.epoch, **self.validate()})
+            self.save()
+        bar.close()
+        self.save()
+        result = {"step": self.step, "epoch": self.epoch, "finished": self.epoch >= t.epochs,
+                  "minutes": round((time.perf_counter() - start) / 60, 2)}
+        if self.history:
+            result.update(self.history[-1])
+        return result
+
+    def validate(self) -> dict:
+        """EER and minDCF(0.01) on the validation trial list, full-utterance cosine scoring."""
+        v = self.cfg.validation
+        trials = read_trials(v.trials)
+        root = v.audio_root or str(Path(v.trials).parent)
+        paths = [resolve(p, root) for t in trials for p in (t.a, t.b)]
+        emb = embed_files(self.method.inference_encoder(), self.features, paths, self.device, v.max_seconds,
+                          progress=False)
+        scores = cosine_trial_scores(trials, emb, root)
+        labels = np.array([t.label for t in trials])
+        eer, thr = compute_eer(scores, labels)
+        dcf, _ = compute_min_dcf(scores, labels, 0.01)
+        return {"eer": round(100 * eer, 3), "eer_threshold": float(thr), "min_dcf_0.01": round(dcf, 4)}
+
+
+def train(cfg: Config, out_dir, resume: bool = False, max_minutes: float | None = None,
+          stop_after_steps: int | None = None) -> dict:
+    trainer = Trainer(cfg, out_dir, resume)
+    return trainer.train(max_minutes, stop_after_steps)
+
+
+__all__ = ["Trainer", "train", "TrainingStopped"]

@@ -44,7 +44,6 @@ VOWELS = np.array([
     [490, 1350, 1690, 3300],
 ], dtype=float)
 BANDWIDTHS = np.array([60.0, 90.0, 130.0, 200.0, 300.0])  # F1-F5, Hz, before the voice's factor
-F5 = 4500.0
 NEUTRAL = (500, 1500, 2500, 3500)
 # Formant loci during a constriction; smoothing towards/away from them makes the transitions.
 LOCI = {"lab": (250, 900, 2200, 3300), "alv": (250, 1700, 2600, 3500),
@@ -92,6 +91,8 @@ class Voice:
     breath: float            # aspiration noise level relative to the pulses
     nasality: float          # baseline velopharyngeal coupling 0..1
     nasal_zero: float        # nasal anti-resonance frequency, Hz
+    f5: float                # fifth formant, Hz: set by the larynx tube, barely vowel-dependent
+    fossa: float             # piriform-fossa anti-resonance, Hz: a vowel-independent notch
 
 
 def make_voice(seed: int, index: int) -> Voice:
@@ -103,7 +104,7 @@ def make_voice(seed: int, index: int) -> Voice:
         kind=kind,
         f0=float(np.exp(rng.uniform(np.log(f_lo), np.log(f_hi)))),
         f0_range=float(rng.uniform(0.5, 1.6)),
-        tract=float(rng.uniform(t_lo, t_hi)),
+        tract=(t := float(rng.uniform(t_lo, t_hi))),
         formant_scale=tuple(np.exp(rng.normal(0, 0.05, 4)).round(4).tolist()),
         vowel_shift=tuple(tuple(r) for r in np.exp(rng.normal(0, 0.05, (len(VOWELS), 4))).round(4).tolist()),
         bandwidth=float(np.exp(rng.uniform(np.log(0.6), np.log(1.8)))),
@@ -115,6 +116,8 @@ def make_voice(seed: int, index: int) -> Voice:
         breath=float(np.exp(rng.uniform(np.log(0.03), np.log(0.6)))),
         nasality=float(rng.uniform(0.0, 0.5) ** 2),
         nasal_zero=float(rng.uniform(700, 1400)),
+        f5=float(rng.uniform(4100, 5000) * np.sqrt(t)),
+        fossa=float(rng.uniform(3600, 5200) * np.sqrt(t)),
     )
 
 
@@ -249,7 +252,8 @@ def synthesize(voice: Voice, duration: float, seed: int, sample_rate: int = SAMP
     nas = np.maximum(convolve1d(p[:, 10], smooth, mode="nearest"), v.nasality)[:, None]
     f = np.fft.rfftfreq(n_fft, 1 / sr)[None, :]
     B = BANDWIDTHS * v.bandwidth
-    Lv = sum(_logres(f, F[:, i : i + 1], B[i]) for i in range(4)) + _logres(f, F5 * v.tract, B[4])
+    Lv = sum(_logres(f, F[:, i : i + 1], B[i]) for i in range(4)) + _logres(f, v.f5, B[4])
+    Lv = Lv + _logres(f, 1.15 * v.fossa, 250.0) - _logres(f, v.fossa, 250.0)
     Lv = Lv + nas * (_logres(f, 270.0, 100.0) - _logres(f, p[:, 11:12], 150.0))
     Lv = Lv + v.tilt / 8.686 * np.log2(np.maximum(f, 100.0) / 1000.0)
     fc, fb = p[:, 8:9], p[:, 9:10]

@@ -237,10 +237,10 @@ class Trainer:
                 examples += feats.shape[0] * self.world
                 if self.step % t.log_every == 0 or self.step == 1:
                     rate = examples / max(1e-9, time.perf_counter() - rate_t0)
-                    rec = {"step": self.step, "epoch": self.epoch, "loss": float(loss), "lr":
+                    rec = {"step": self.step, "epoch": self.epoch, "loss": float(loss.detach()), "lr":
                            self.optimizer.param_groups[0]["lr"], "examples_per_s": round(rate, 2), **logs}
                     self._log(rec)
-                    bar.set_postfix(loss=f"{float(loss):.3f}", ex_s=f"{rate:.1f}", ep=self.epoch)
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}", ex_s=f"{rate:.1f}", ep=self.epoch)
                 bar.update(1)
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                     self.save()

@@ -199,10 +199,11 @@ def parse_overrides(overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
+        raw = _expand(raw)  # before parsing: an unquoted ${VAR} is not valid YAML
         try:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
-            value = raw  # e.g. an unquoted ${VAR} path: take it as a string
+            value = raw
         _set_path(tree, key.strip(), value)
     return tree
 

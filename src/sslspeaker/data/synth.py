@@ -43,7 +43,7 @@ VOWELS = np.array([
     [440, 1020, 2240, 3400], [300, 870, 2240, 3400], [640, 1190, 2390, 3500],
     [490, 1350, 1690, 3300],
 ], dtype=float)
-BANDWIDTHS = np.array([60.0, 90.0, 130.0, 200.0, 300.0])  # F1-F5, Hz, before the voice's factor
+BANDWIDTHS = np.array([60.0, 90.0, 130.0, 200.0, 300.0, 500.0, 700.0])  # F1-F7, Hz, before the voice's factor
 NEUTRAL = (500, 1500, 2500, 3500)
 # Formant loci during a constriction; smoothing towards/away from them makes the transitions.
 LOCI = {"lab": (250, 900, 2200, 3300), "alv": (250, 1700, 2600, 3500),
@@ -93,6 +93,7 @@ class Voice:
     nasal_zero: float        # nasal anti-resonance frequency, Hz
     f5: float                # fifth formant, Hz: set by the larynx tube, barely vowel-dependent
     fossa: float             # piriform-fossa anti-resonance, Hz: a vowel-independent notch
+    sibilance: float         # sibilant (s, z, sh) spectral-peak factor: tongue/teeth shape
 
 
 def make_voice(seed: int, index: int) -> Voice:
@@ -108,7 +109,7 @@ def make_voice(seed: int, index: int) -> Voice:
         formant_scale=tuple(np.exp(rng.normal(0, 0.05, 4)).round(4).tolist()),
         vowel_shift=tuple(tuple(r) for r in np.exp(rng.normal(0, 0.05, (len(VOWELS), 4))).round(4).tolist()),
         bandwidth=float(np.exp(rng.uniform(np.log(0.6), np.log(1.8)))),
-        tilt=float(rng.uniform(-4.0, 1.5)),
+        tilt=float(rng.uniform(-3.0, 2.0)),
         open_quotient=float(rng.uniform(0.35, 0.8)),
         rate=float(np.exp(rng.uniform(np.log(0.75), np.log(1.35)))),
         jitter=float(rng.uniform(0.002, 0.02)),
@@ -118,6 +119,7 @@ def make_voice(seed: int, index: int) -> Voice:
         nasal_zero=float(rng.uniform(700, 1400)),
         f5=float(rng.uniform(4100, 5000) * np.sqrt(t)),
         fossa=float(rng.uniform(3600, 5200) * np.sqrt(t)),
+        sibilance=float(rng.uniform(0.8, 1.2)),
     )
 
 
@@ -146,7 +148,8 @@ def _segments(rng: np.random.Generator, v: Voice, duration: float) -> np.ndarray
             if not voiced:
                 add(rng.uniform(0.02, 0.05), nxt, ah=0.3)  # aspiration into the vowel
         elif manner == "fric":
-            add(rng.uniform(0.07, 0.13), F, av=0.35 * voiced, af=lvl, fc=fc, fb=fb)
+            add(rng.uniform(0.07, 0.13), F, av=0.35 * voiced, af=lvl, fb=fb,
+                fc=fc * (v.sibilance if c in "szSZ" else 1.0))
         elif manner == "asp":
             add(rng.uniform(0.05, 0.09), nxt, ah=lvl)
         elif manner == "nasal":
@@ -253,6 +256,8 @@ def synthesize(voice: Voice, duration: float, seed: int, sample_rate: int = SAMP
     f = np.fft.rfftfreq(n_fft, 1 / sr)[None, :]
     B = BANDWIDTHS * v.bandwidth
     Lv = sum(_logres(f, F[:, i : i + 1], B[i]) for i in range(4)) + _logres(f, v.f5, B[4])
+    # F6, F7 stand in for the higher poles that a cascade would otherwise lack (-60 dB/oct above F5).
+    Lv = Lv + _logres(f, v.f5 + 1100.0 * v.tract, B[5]) + _logres(f, v.f5 + 2300.0 * v.tract, B[6])
     Lv = Lv + _logres(f, 1.15 * v.fossa, 250.0) - _logres(f, v.fossa, 250.0)
     Lv = Lv + nas * (_logres(f, 270.0, 100.0) - _logres(f, p[:, 11:12], 150.0))
     Lv = Lv + v.tilt / 8.686 * np.log2(np.maximum(f, 100.0) / 1000.0)
@@ -263,7 +268,7 @@ def synthesize(voice: Voice, duration: float, seed: int, sample_rate: int = SAMP
     u = np.log2(np.maximum(f, 50.0) / 50.0) / np.log2(sr / 100.0)
     Lc = sum(rng.normal(0, _K["eq"]) / 8.686 * np.cos(j * np.pi * u + rng.uniform(0, 2 * np.pi)) for j in (1, 2, 3))
     Lc = Lc + _K["tilt"]*rng.uniform(-1.5, 1.5) / 8.686 * np.log2(np.maximum(f, 50.0) / 1000.0)
-    Lc = Lc - 0.5 * np.log1p((rng.uniform(50, 250) / np.maximum(f, 1.0)) ** 4)
+    Lc = Lc - 0.5 * np.log1p((rng.uniform(40, 150) / np.maximum(f, 1.0)) ** 4)
     if rng.random() < _K["lp"]:
         Lc = Lc - 0.5 * np.log1p((f / rng.uniform(3400, 0.47 * sr)) ** 8)
 

@@ -68,6 +68,16 @@ def test_asp_shape_and_backward():
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_input_norm_option():
+    """input_norm=True makes the encoder invariant to a per-band offset and gain over time."""
+    torch.manual_seed(0)
+    model = build_encoder("fast_resnet34", input_norm=True).eval()
+    x = feats(2, 120, seed=4)
+    shifted = x * torch.rand(1, 40, 1) * 3 + torch.randn(1, 40, 1) * 5
+    with torch.no_grad():
+        assert_close_rel(model(shifted), model(x), 1e-4)
+
+
 def test_rejects_wrong_feature_shape(model):
     with pytest.raises(ValueError, match="40"):
         model(feats(2, 100, n_mels=80))

@@ -80,6 +80,16 @@ def test_instance_norm_unit_variance():
     torch.testing.assert_close(y.var(-1, correction=0), torch.ones(2, 40), atol=1e-3, rtol=0)
 
 
+def test_global_norm_keeps_spectral_envelope_and_removes_gain():
+    x = torch.randn(1, SR) * torch.linspace(0.1, 1, SR)
+    raw = LogMel(norm="none")(x)
+    y = LogMel(norm="global")(x)
+    expected = (raw - raw.mean()) / raw.std(correction=0)
+    torch.testing.assert_close(y, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(LogMel(norm="global")(3.0 * x), y, atol=1e-3, rtol=0)  # gain-free
+    assert y.mean(-1).std() > 0.1  # per-band long-term means survive (unlike mean/instance)
+
+
 def test_matches_instance_norm_1d():
     x = torch.randn(2, SR)
     raw = LogMel(norm="none")(x)

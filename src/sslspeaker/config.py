@@ -54,7 +54,7 @@ class AugmentConfig:
 @dataclass
 class FeatureConfig:
     n_mels: int = 40
-    norm: str = "instance"  # none | mean | instance
+    norm: str = "instance"  # none | mean | instance | global
     preemphasis: float = 0.97
 
 

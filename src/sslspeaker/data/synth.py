@@ -64,12 +64,18 @@ CONSONANTS = {
     "l": ("l", "approx", 1, 0, 0, 0.7), "r": ("r", "approx", 1, 0, 0, 0.7),
     "w": ("w", "approx", 1, 0, 0, 0.7), "j": ("j", "approx", 1, 0, 0, 0.7),
 }
-_K = {k: float(v) for k, v in (kv.split("=") for kv in os.environ.get("SYNTHK", "eq=3,tilt=1,lp=0.5,snr=0").split(","))}
 _CONS = list(CONSONANTS)
+# Onset consonant probabilities, sonorant-heavy: obstruents change the spectrum most from
+# utterance to utterance, so fewer of them make the long-term spectrum speaker-informative.
+_CONS_P = np.array([0.8, 0.6, 1.2, 0.8, 1.0, 0.6,  # p b t d k g
+                    0.5, 0.4, 1.0, 0.4, 0.4, 0.1, 0.6,  # f v s z S Z h
+                    1.6, 2.0, 0.6,  # m n N
+                    1.4, 1.4, 0.8, 0.6])  # l r w j
+_CONS_P /= _CONS_P.sum()
 _CODAS = ["m", "n", "N", "l", "r", "s", "f", "z", "t", "k"]
 # (F0 range Hz, vocal-tract factor range) per voice class; log-uniform/uniform within.
-KINDS = {"male": ((85, 165), (0.84, 1.02)), "female": ((160, 265), (1.0, 1.18)),
-         "child": ((230, 340), (1.15, 1.3))}
+KINDS = {"male": ((85, 165), (0.82, 1.04)), "female": ((160, 265), (1.0, 1.2)),
+         "child": ((230, 340), (1.15, 1.32))}
 
 
 @dataclass(frozen=True)
@@ -106,10 +112,10 @@ def make_voice(seed: int, index: int) -> Voice:
         f0=float(np.exp(rng.uniform(np.log(f_lo), np.log(f_hi)))),
         f0_range=float(rng.uniform(0.5, 1.6)),
         tract=(t := float(rng.uniform(t_lo, t_hi))),
-        formant_scale=tuple(np.exp(rng.normal(0, 0.05, 4)).round(4).tolist()),
-        vowel_shift=tuple(tuple(r) for r in np.exp(rng.normal(0, 0.05, (len(VOWELS), 4))).round(4).tolist()),
-        bandwidth=float(np.exp(rng.uniform(np.log(0.6), np.log(1.8)))),
-        tilt=float(rng.uniform(-3.0, 2.0)),
+        formant_scale=tuple(np.exp(rng.normal(0, 0.1, 4)).round(4).tolist()),
+        vowel_shift=tuple(tuple(r) for r in np.exp(rng.normal(0, 0.08, (len(VOWELS), 4))).round(4).tolist()),
+        bandwidth=float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))),
+        tilt=float(rng.uniform(-4.0, 3.0)),
         open_quotient=float(rng.uniform(0.35, 0.8)),
         rate=float(np.exp(rng.uniform(np.log(0.75), np.log(1.35)))),
         jitter=float(rng.uniform(0.002, 0.02)),
@@ -126,7 +132,7 @@ def make_voice(seed: int, index: int) -> Voice:
 def _perturb(v: Voice, rng: np.random.Generator) -> Voice:
     """The same speaker on another day: small changes of pitch, rate, effort."""
     return replace(v, f0=v.f0 * np.exp(rng.normal(0, 0.04)), rate=v.rate * np.exp(rng.normal(0, 0.08)),
-                   tract=v.tract * np.exp(rng.normal(0, 0.01)), tilt=v.tilt + rng.normal(0, 0.5),
+                   tract=v.tract * np.exp(rng.normal(0, 0.01)), tilt=v.tilt + rng.normal(0, 0.3),
                    breath=v.breath * np.exp(rng.normal(0, 0.2)))
 
 
@@ -162,9 +168,9 @@ def _segments(rng: np.random.Generator, v: Voice, duration: float) -> np.ndarray
     while t < duration + 0.1:  # syllables (C)(C)V(C), sometimes followed by a pause
         start = len(rows)
         nxt = vowels[rng.integers(len(VOWELS))]
-        for c in rng.choice(_CONS, size=rng.choice(3, p=[0.2, 0.65, 0.15])):
+        for c in rng.choice(_CONS, size=rng.choice(3, p=[0.2, 0.65, 0.15]), p=_CONS_P):
             consonant(c, nxt)
-        add(rng.uniform(0.07, 0.15) * (1.5 if rng.random() < 0.3 else 1.0), nxt, av=1.0)
+        add(rng.uniform(0.09, 0.18) * (1.5 if rng.random() < 0.3 else 1.0), nxt, av=1.0)
         if rng.random() < 0.4:
             consonant(rng.choice(_CODAS), nxt)
         if rng.random() < 0.12:
@@ -266,10 +272,10 @@ def synthesize(voice: Voice, duration: float, seed: int, sample_rate: int = SAMP
 
     # Channel: smooth random EQ over log frequency, random high-pass and optional low-pass.
     u = np.log2(np.maximum(f, 50.0) / 50.0) / np.log2(sr / 100.0)
-    Lc = sum(rng.normal(0, _K["eq"]) / 8.686 * np.cos(j * np.pi * u + rng.uniform(0, 2 * np.pi)) for j in (1, 2, 3))
-    Lc = Lc + _K["tilt"]*rng.uniform(-1.5, 1.5) / 8.686 * np.log2(np.maximum(f, 50.0) / 1000.0)
+    Lc = sum(rng.normal(0, 1.5) / 8.686 * np.cos(j * np.pi * u + rng.uniform(0, 2 * np.pi)) for j in (1, 2, 3))
+    Lc = Lc + rng.uniform(-0.75, 0.75) / 8.686 * np.log2(np.maximum(f, 50.0) / 1000.0)
     Lc = Lc - 0.5 * np.log1p((rng.uniform(40, 150) / np.maximum(f, 1.0)) ** 4)
-    if rng.random() < _K["lp"]:
+    if rng.random() < 0.25:  # telephone-like or low-rate-codec band limit
         Lc = Lc - 0.5 * np.log1p((f / rng.uniform(3400, 0.47 * sr)) ** 8)
 
     Y = _stft(pad(voiced), n_fft, hop, win) * _minphase(Lv + Lc, n_fft)
@@ -277,8 +283,9 @@ def synthesize(voice: Voice, duration: float, seed: int, sample_rate: int = SAMP
     Y += _stft(pad(fric), n_fft, hop, win) * np.exp(Lf + Lc)
     Ln = rng.uniform(-6, 0) / 8.686 * np.log2(np.maximum(f, 50.0) / 1000.0) + Lc
     N = _stft(pad(rng.standard_normal(n)), n_fft, hop, win) * np.exp(Ln)
-    snr = 10 ** (rng.uniform(20, 40) / 10 + _K["snr"])
-    Y += N * np.sqrt(np.sum(np.abs(Y) ** 2) / (snr * np.sum(np.abs(N) ** 2) + 1e-30))
+    snr = 10 ** (rng.uniform(20, 40) / 10)
+    en = np.sum(np.abs(N) ** 2)
+    Y += N * np.sqrt((np.sum(np.abs(Y) ** 2) or en) / (snr * en))  # all-silent clip: noise alone
     y = _istft(Y, n_fft, hop, win, n + 2 * n_fft + (-n) % hop)[n_fft : n_fft + n]
     gain = 10 ** (rng.uniform(-14, -1) / 20)
     return (y * (gain / (np.abs(y).max() + 1e-12))).astype(np.float32)

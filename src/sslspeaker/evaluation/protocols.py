@@ -13,13 +13,15 @@ scoring only needs each utterance's (unnormalised) mean embedding: see ``utteran
     One embedding of the whole utterance; score = cosine.
 ``mocovox10x10``
     MoCoVox's evaluation: 10 segments at uniformly random positions of each utterance,
-    score = mean of the 10×10 cosine scores. Segment length: 4 s. The papers' text could not
-    be checked here (search found only their abstracts), so 4 s — the length of the
-    10-crop protocol of Chung et al. 2020 that these works build on — is our choice, kept as
-    the ``segment_seconds`` parameter and recorded in every result. The positions are drawn
-    from a generator seeded with ``(seed, sha256(seed_key))`` where ``seed_key`` is the path
-    as written in the trial list (or the manifest path relative to its folder), so the same
-    trial list gives the same segments on any machine and in any run.
+    score = mean of the 10×10 cosine scores. Segment length: 4 s, **our choice**: the
+    papers' evaluation sections could not be read here (searches found only the abstracts of
+    Lee, Koh & Yoon 2020, "Momentum Contrast Speaker Representation Learning", which names
+    MoCoVox, and of Xia et al. 2021), so we took the 4-s crops of Chung et al. 2020's
+    10-crop protocol that these works build on. It is the ``segment_seconds`` parameter and
+    is recorded in every result. Positions come from a generator seeded with
+    ``(seed, sha256(seed_key))``, where ``seed_key`` is the path as written in the trial list
+    (or a cohort file's path relative to its manifest), so a trial list gives the same
+    segments on any machine, in any run, whatever the global RNG state.
 ``clova10crop``
     clovaai/voxceleb_trainer's evaluation: 10 crops of ``eval_frames`` = 400 frames,
     i.e. 400·160 + 240 = 64 240 samples (4.015 s), at evenly spaced starts
@@ -39,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.audio import SAMPLE_RATE, audio_info, read_audio
+from ..data.audio import SAMPLE_RATE, AudioError, audio_info, read_audio
 from ..data.crops import evenly_spaced_starts, random_starts, tile_to
 
 CLOVA_HOP, CLOVA_EXTRA = 160, 240  # voxceleb_trainer: max_audio = max_frames * 160 + 240
@@ -86,21 +88,29 @@ class FullUtterance(Protocol):
         return read_audio(path, 0, int(max_s * SAMPLE_RATE) if max_s else -1)[None]
 
 
-def _segments(path: str, crop: int, starts_for) -> np.ndarray:
-    """Segments of ``crop`` samples at ``starts_for(length)``; short files are tiled to a crop."""
+def _segments(path: str, crop: int, n: int, starts_for) -> np.ndarray:
+    """``n`` segments [n, crop] at ``starts_for(length)`` (called once); short files are tiled to a crop."""
     info = audio_info(path)
-    if info.sample_rate == SAMPLE_RATE and info.frames > crop:
-        starts = starts_for(info.frames)
-        if len(starts) * crop < info.frames:  # long file: partial reads of just the segments
-            return np.stack([tile_to(read_audio(path, int(s), crop), crop) for s in starts])
-    x = read_audio(path)
-    if len(x) == 0:
-        from ..data.audio import AudioError
-
+    x = None
+    if info.sample_rate == SAMPLE_RATE and info.frames > 0:
+        length = info.frames  # no need to decode the file to know its length
+    else:
+        x = read_audio(path)
+        length = len(x)
+    if length == 0:
         raise AudioError(path, "no samples")
-    if len(x) <= crop:
-        return np.stack([tile_to(x, crop)] * len(starts_for(crop)))
-    return np.stack([tile_to(x[int(s):int(s) + crop], crop) for s in starts_for(len(x))])
+    if length <= crop:
+        x = read_audio(path) if x is None else x
+        return np.stack([tile_to(x, crop)] * n)
+    starts = starts_for(length)
+    if x is None and n * crop < length:  # long file: partial reads of just the segments
+        segs = [read_audio(path, int(s), crop) for s in starts]
+    else:
+        x = read_audio(path) if x is None else x
+        segs = [x[int(s):int(s) + crop] for s in starts]
+    if any(len(seg) == 0 for seg in segs):
+        raise AudioError(path, "shorter than its header says (truncated?)")
+    return np.stack([tile_to(seg, crop) for seg in segs])
 
 
 def _seed_from_key(key: str) -> int:
@@ -126,7 +136,7 @@ class RandomSegments(Protocol):
 
     def load(self, path: str, seed_key: str | None = None) -> np.ndarray:
         rng = self.rng(seed_key if seed_key is not None else str(path))
-        return _segments(path, self.crop, lambda length: random_starts(length, self.crop, self.n, rng))
+        return _segments(path, self.crop, self.n, lambda length: random_starts(length, self.crop, self.n, rng))
 
 
 @dataclass(frozen=True)
@@ -143,7 +153,7 @@ class EvenCrops(Protocol):
         return int(self.params["eval_frames"]) * CLOVA_HOP + CLOVA_EXTRA
 
     def load(self, path: str, seed_key: str | None = None) -> np.ndarray:
-        return _segments(path, self.crop, lambda length: evenly_spaced_starts(length, self.crop, self.n))
+        return _segments(path, self.crop, self.n, lambda length: evenly_spaced_starts(length, self.crop, self.n))
 
 
 PROTOCOLS: dict[str, type[Protocol]] = {"full": FullUtterance, "mocovox10x10": RandomSegments,

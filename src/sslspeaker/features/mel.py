@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-NORMS = ("none", "mean", "instance")
+NORMS = ("none", "mean", "instance", "global")
 
 
 def hz_to_mel(f):
@@ -60,7 +60,8 @@ class LogMel(torch.nn.Module):
     n_fft/2 on both sides so frame i is centred on sample i·hop, hence 1 + T // hop frames (T
     must exceed n_fft/2). Power spectrum → mel filters → log(mel + 1e-6), then ``norm``:
     "mean" subtracts each band's mean over time (cepstral mean normalisation), "instance" also
-    divides by its standard deviation (InstanceNorm1d without affine), "none" leaves it.
+    divides by its standard deviation (InstanceNorm1d without affine), "global" uses one mean and
+    standard deviation over all bands and frames (gain only), "none" leaves it.
     Computed in float32 with autocast off, so it is safe inside a bf16/fp16 autocast region.
     """
 
@@ -117,6 +118,11 @@ class LogMel(torch.nn.Module):
             mel = torch.log(torch.einsum("bft,fm->bmt", power, self.fb) + self.log_eps)
             if self.norm == "mean":
                 mel = mel - mel.mean(-1, keepdim=True)
+            elif self.norm == "global":
+                # one mean and std over all bands and frames: removes gain, keeps the long-term
+                # spectral envelope (speaker information that per-band normalisation erases)
+                var, mean = torch.var_mean(mel, dim=(-2, -1), keepdim=True, correction=0)
+                mel = (mel - mean) / torch.sqrt(var + self.norm_eps)
             elif self.norm == "instance":
                 var, mean = torch.var_mean(mel, dim=-1, keepdim=True, correction=0)
                 mel = (mel - mean) / torch.sqrt(var + self.norm_eps)

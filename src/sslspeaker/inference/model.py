@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -102,6 +102,29 @@ def _features_metadata(cfg) -> dict:
             "f_min": float(f_min), "f_max": float(f_max)}
 
 
+def _resolved_options(name: str, options: dict) -> dict:
+    """The encoder's constructor arguments with every default filled in (JSON types).
+
+    A model file pins them all, so a later change of a default in the code cannot silently
+    change what an old model computes.
+    """
+    import inspect
+
+    from ..models import registry
+
+    factory = registry._ENCODERS.get(name)
+    if factory is None:
+        return dict(options)
+    resolved = {}
+    for pname, param in inspect.signature(factory).parameters.items():
+        if pname == "n_mels" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.default is not inspect.Parameter.empty:
+            resolved[pname] = param.default
+    resolved.update(options)
+    return json.loads(json.dumps(resolved))  # tuples -> lists, checks it is JSON-able
+
+
 def _from_checkpoint(src: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, Path]:
     """(encoder state_dict, metadata without threshold, checkpoint path) of a training checkpoint."""
     from ..config import ConfigError, config_from_dict
@@ -122,7 +145,7 @@ def _from_checkpoint(src: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "encoder": {"name": cfg.model.encoder, "options": dict(cfg.model.options)},
+        "encoder": {"name": cfg.model.encoder, "options": _resolved_options(cfg.model.encoder, cfg.model.options)},
         "features": _features_metadata(cfg),
         "embed_dim": None,  # filled in from the built encoder
         "threshold": None,
@@ -239,6 +262,13 @@ def set_threshold(model_path: str | os.PathLike, threshold: float | None, source
     return save_model(model_path, tensors, meta)
 
 
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file starts with an 8-byte header length, then the JSON header ('{')."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
 # ---- the user-facing model ------------------------------------------------------------------
 class SpeakerEncoder:
     """Waveforms or audio files -> L2-normalised speaker embeddings; cosine scoring and decisions.
@@ -262,7 +292,7 @@ class SpeakerEncoder:
     def load(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "SpeakerEncoder":
         """A ``.safetensors`` model, a run folder or a ``.pt`` checkpoint; None = the bundled default."""
         path = resolve_model_path(path)
-        if path.is_file() and path.suffix == ".safetensors":
+        if path.is_file() and (path.suffix == ".safetensors" or _looks_like_safetensors(path)):
             state, meta = read_model_file(path)
             source = path
         else:

@@ -63,8 +63,10 @@ class SEBasicBlock(nn.Module):
 class FastResNet34(nn.Module):
     """Fast ResNet-34 speaker encoder: [B, n_mels, T] log-mel -> [B, embed_dim] (unnormalised).
 
-    ``input_norm`` applies the published model's parameter-free instance norm (per band,
-    over time) to the input features; turn it off if the features are already normalised.
+    Input normalisation belongs to the feature stage (``features.norm: instance`` reproduces
+    the published model's InstanceNorm1d). ``input_norm=True`` repeats that parameter-free
+    per-band instance norm inside the encoder, for features that come unnormalised; it is off
+    by default so it cannot silently override another ``features.norm`` choice.
     """
 
     def __init__(
@@ -75,7 +77,7 @@ class FastResNet34(nn.Module):
         channels: Sequence[int] = (16, 32, 64, 128),
         layers: Sequence[int] = (3, 4, 6, 3),
         se_reduction: int = 8,
-        input_norm: bool = True,
+        input_norm: bool = False,
     ):
         super().__init__()
         if len(channels) != 4 or len(layers) != 4:

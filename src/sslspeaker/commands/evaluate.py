@@ -1,0 +1,59 @@
+"""`sslspeaker evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.audio import AudioError
+    from ..evaluation.evaluate import evaluate
+    from ..inference.model import ModelError, SpeakerEncoder
+
+    if args.score_norm == "asnorm" and not args.cohort:
+        print("error: --score-norm asnorm needs --cohort MANIFEST (utterances of other speakers)", file=sys.stderr)
+        return 2
+    try:
+        model = SpeakerEncoder.load(args.model, args.device)
+        res = evaluate(model, args.trials, args.audio_root, protocol=args.protocol, out=args.out,
+                       cache=False if args.no_cache else args.cache, score_norm=args.score_norm,
+                       cohort=args.cohort, top_k=args.top_k, progress=not args.quiet)
+    except (FileNotFoundError, ModelError, AudioError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    proto = res["protocol"]
+    norm = f" + AS-norm (top {res['score_norm']['effective_top_k']} of {res['score_norm']['cohort_size']})" \
+        if res["score_norm"] else ""
+    t = res["trials"]
+    print(f"{t['n_trials']} trials ({t['targets']} target, {t['nontargets']} non-target), "
+          f"protocol {proto['name']} {proto['params']}{norm}")
+    print(f"EER {res['eer']:.3f}% (threshold {res['eer_threshold']:.4f})  "
+          f"minDCF(0.01) {res['min_dcf_0.01']:.4f}  minDCF(0.05) {res['min_dcf_0.05']:.4f}")
+    e = res["embedding"]
+    print(f"embeddings: {e['computed']} computed, {e['from_cache']} from cache"
+          + (f" ({e['cache']})" if e["cache"] else ""))
+    print(f"results: {args.out}  plots: {res['plots']['scores']}, {res['plots']['det']}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    from ..evaluation.protocols import PROTOCOLS
+
+    p = sub.add_parser("evaluate", help="speaker-verification EER/minDCF of a model on a trial list")
+    p.add_argument("--model", help="a .safetensors model, a .pt checkpoint or a training run folder "
+                                   "(default: the model bundled with the package)")
+    p.add_argument("--trials", required=True, help="trial list, VoxCeleb format: LABEL PATH_A PATH_B per line")
+    p.add_argument("--audio-root", required=True, help="folder the trial list's relative paths are relative to")
+    p.add_argument("--protocol", default="full", choices=list(PROTOCOLS),
+                   help="full: whole-utterance embedding; mocovox10x10: 10 random 4-s segments, mean of 10x10 "
+                        "cosines; clova10crop: 10 evenly spaced 400-frame crops (clovaai voxceleb_trainer)")
+    p.add_argument("--out", default="results.json", help="results JSON; plots go next to it (default: results.json)")
+    p.add_argument("--cache", default=None, help="embedding cache folder (default ~/.cache/sslspeaker)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
+    p.add_argument("--score-norm", default="none", choices=["none", "asnorm"], help="score normalisation")
+    p.add_argument("--cohort", help="asnorm: manifest CSV of cohort utterances (speakers not in the trials)")
+    p.add_argument("--top-k", type=int, default=200, help="asnorm: top-K cohort scores per side (default 200)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)

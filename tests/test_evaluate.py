@@ -1,0 +1,339 @@
+"""Evaluation: scoring protocols, embedding cache, results JSON and plots, AS-norm, the evaluate command."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import write_audio
+from sslspeaker.cli import main
+from sslspeaker.data.crops import tile_to
+from sslspeaker.evaluation.protocols import EvenCrops, FullUtterance, get_protocol, score_embeddings
+from sslspeaker.inference import SpeakerEncoder, export_model
+from test_inference import make_run
+
+# the module (the package may also export the function under the same name)
+ev = importlib.import_module("sslspeaker.evaluation.evaluate")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    return export_model(make_run(root / "run"), root / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    return SpeakerEncoder.load(model_path)
+
+
+FILES = {"spk1/a.wav": (1.5, 200.0), "spk1/b.wav": (5.0, 220.0), "spk2/c.wav": (9.0, 480.0)}
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """Three files (one shorter than a 4-s crop, two longer) and a 3-trial list with relative paths."""
+    root = tmp_path / "audio"
+    for rel, (sec, f) in FILES.items():
+        write_audio(root / rel, seconds=sec, freq=f)
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 spk1/a.wav spk1/b.wav\n0 spk1/a.wav spk2/c.wav\n0 spk1/b.wav spk2/c.wav\n")
+    return trials, root
+
+
+def run_eval(model, corpus, protocol="full", **kw):
+    trials, root = corpus
+    captured = {}
+    real = ev.score_trials
+
+    def capture(*a, **k):
+        captured["scores"] = real(*a, **k)
+        return captured["scores"]
+
+    ev_score, ev.score_trials = ev.score_trials, capture
+    try:
+        res = ev.evaluate(model, trials, root, protocol=protocol, progress=False, **{"cache": False, **kw})
+    finally:
+        ev.score_trials = ev_score
+    return res, captured["scores"]
+
+
+def pairs(root):
+    return [(root / "spk1/a.wav", root / "spk1/b.wav"), (root / "spk1/a.wav", root / "spk2/c.wav"),
+            (root / "spk1/b.wav", root / "spk2/c.wav")]
+
+
+# ---- protocols -------------------------------------------------------------------------------
+def test_full_protocol_scores_are_direct_cosines(model, corpus):
+    res, scores = run_eval(model, corpus, "full")
+    expected = [float(model.embed(a) @ model.embed(b)) for a, b in pairs(corpus[1])]
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    assert res["protocol"]["name"] == "full"
+
+
+def test_clova10crop_equals_a_direct_loop(model, corpus):
+    res, scores = run_eval(model, corpus, "clova10crop")
+    crop = 400 * 160 + 240
+    assert res["protocol"]["params"] == {"n_crops": 10, "eval_frames": 400}
+
+    def crops(path):
+        x, sr = sf.read(str(path), dtype="float32")
+        assert sr == 16000
+        if len(x) <= crop:
+            x = tile_to(x, crop)  # clovaai: np.pad(audio, ..., 'wrap')
+        starts = np.linspace(0, len(x) - crop, 10).astype(int)
+        return [x[s:s + crop] for s in starts]
+
+    def emb(path):  # one crop at a time: batching must not change anything
+        return np.stack([model.embed(c) for c in crops(path)])
+
+    expected = []
+    for a, b in pairs(corpus[1]):
+        ea, eb = emb(a), emb(b)
+        m = np.array([[float(ea[i] @ eb[j]) for j in range(10)] for i in range(10)])
+        expected.append(m.mean())
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+
+
+def test_mocovox10x10_is_deterministic_and_uses_random_4s_segments(model, corpus):
+    np.random.seed(1)
+    torch.manual_seed(1)
+    r1, s1 = run_eval(model, corpus, "mocovox10x10")
+    np.random.seed(2)  # global RNG state must not matter
+    r2, s2 = run_eval(model, corpus, "mocovox10x10")
+    np.testing.assert_array_equal(s1, s2)
+    assert r1["protocol"]["params"] == {"n_segments": 10, "segment_seconds": 4.0, "seed": 0}
+
+    root = corpus[1]
+    proto = get_protocol("mocovox10x10")
+    x, _ = sf.read(str(root / "spk2/c.wav"), dtype="float32")
+    segs = proto.load(str(root / "spk2/c.wav"), "spk2/c.wav")
+    assert segs.shape == (10, 64000)
+    offsets = []
+    for seg in segs:  # every segment is a 4-s stretch of the file
+        hits = [s for s in range(len(x) - 64000 + 1) if x[s] == seg[0] and np.array_equal(x[s:s + 64000], seg)]
+        assert hits
+        offsets.append(hits[0])
+    assert len(set(offsets)) > 5  # random positions, not one repeated crop
+    np.testing.assert_array_equal(proto.load(str(root / "spk2/c.wav"), "spk2/c.wav"), segs)
+    assert not np.array_equal(proto.load(str(root / "spk2/c.wav"), "other/key.wav"), segs)
+    short = proto.load(str(root / "spk1/a.wav"), "spk1/a.wav")  # 1.5 s: tiled to 4 s
+    xa, _ = sf.read(str(root / "spk1/a.wav"), dtype="float32")
+    np.testing.assert_array_equal(short[0], tile_to(xa, 64000))
+    # scores equal the mean of the 10x10 cosine matrices of those segments
+    ea = model.embed_waves(proto.load(str(root / "spk1/a.wav"), "spk1/a.wav"))
+    eb = model.embed_waves(proto.load(str(root / "spk1/b.wav"), "spk1/b.wav"))
+    assert s1[0] == pytest.approx(score_embeddings(ea, eb), abs=1e-5)
+
+
+def test_segment_protocols_on_long_and_resampled_files(tmp_path):
+    from sslspeaker.data.crops import random_starts
+
+    long = tmp_path / "long.wav"
+    write_audio(long, seconds=42.0, freq=300.0)  # longer than 10 segments: partial reads
+    x, _ = sf.read(str(long), dtype="float32")
+    clova = get_protocol("clova10crop")
+    starts = np.linspace(0, len(x) - 64240, 10).astype(int)
+    np.testing.assert_array_equal(clova.load(str(long)), np.stack([x[s:s + 64240] for s in starts]))
+    moco = get_protocol("mocovox10x10")
+    starts = random_starts(len(x), 64000, 10, moco.rng("k/long.wav"))
+    np.testing.assert_array_equal(moco.load(str(long), "k/long.wav"), np.stack([x[s:s + 64000] for s in starts]))
+    low = tmp_path / "low.wav"
+    write_audio(low, seconds=6.0, sr=8000, freq=300.0)  # read whole and resampled to 16 kHz
+    for proto, crop in ((clova, 64240), (moco, 64000)):
+        segs = proto.load(str(low), "low.wav")
+        assert segs.shape == (10, crop) and segs.dtype == np.float32 and np.abs(segs).max() > 0.1
+
+
+def test_protocol_lookup():
+    assert isinstance(get_protocol("full"), FullUtterance)
+    assert isinstance(get_protocol("clova10crop"), EvenCrops) and get_protocol("clova10crop").crop == 64240
+    assert get_protocol("mocovox10x10", segment_seconds=3.0).crop == 48000
+    with pytest.raises(ValueError, match="unknown protocol"):
+        get_protocol("nope")
+    with pytest.raises(ValueError, match="unknown parameter"):
+        get_protocol("full", n_crops=3)
+    assert get_protocol("clova10crop").tag != get_protocol("clova10crop", eval_frames=300).tag
+
+
+# ---- cache -----------------------------------------------------------------------------------
+def _refuse(*a, **k):
+    raise AssertionError("embedding recomputed despite the cache")
+
+
+def test_cache_hit_and_invalidation(model, model_path, corpus, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    trials, root = corpus
+    r1 = ev.evaluate(model, trials, root, protocol="clova10crop", cache=cache, progress=False)
+    assert r1["embedding"]["computed"] == 3 and r1["embedding"]["from_cache"] == 0
+    assert Path(r1["embedding"]["cache"]).is_file() and Path(r1["embedding"]["cache"]).parent == cache
+
+    with monkeypatch.context() as m:
+        m.setattr(SpeakerEncoder, "embed_waves", _refuse)
+        m.setattr(EvenCrops, "load", _refuse)
+        r2 = ev.evaluate(SpeakerEncoder.load(model_path), trials, root, protocol="clova10crop", cache=cache,
+                         progress=False)
+        assert r2["embedding"]["from_cache"] == 3 and r2["embedding"]["computed"] == 0
+        assert r2["eer"] == r1["eer"] and r2["scores"] == r1["scores"]
+        # another protocol is another cache entry: it must compute
+        with pytest.raises(AssertionError, match="recomputed"):
+            ev.evaluate(model, trials, root, protocol="full", cache=cache, progress=False)
+
+    # another model (different weights) misses the cache
+    other = SpeakerEncoder.load(make_run(tmp_path / "run2", seed=5))
+    r3 = ev.evaluate(other, trials, root, protocol="clova10crop", cache=cache, progress=False)
+    assert r3["embedding"]["computed"] == 3
+    # a changed audio file is recomputed, the others come from the cache
+    write_audio(root / "spk2/c.wav", seconds=6.0, freq=700.0)
+    os.utime(root / "spk2/c.wav", ns=(1, 1))
+    r4 = ev.evaluate(model, trials, root, protocol="clova10crop", cache=cache, progress=False)
+    assert r4["embedding"]["computed"] == 1 and r4["embedding"]["from_cache"] == 2
+
+
+# ---- results ---------------------------------------------------------------------------------
+def test_results_json_for_hand_made_scores(model, model_path, tmp_path, monkeypatch):
+    root = tmp_path / "audio"
+    for i in range(4):
+        write_audio(root / f"u{i}.wav", seconds=1.0, freq=200.0 + 50 * i)
+    labels = [1, 1, 1, 0, 0, 0]
+    lines = [f"{lab} u{i % 4}.wav u{(i + 1) % 4}.wav" for i, lab in enumerate(labels)]
+    trials = tmp_path / "trials.txt"
+    trials.write_text("\n".join(lines) + "\n")
+    hand = np.array([0.9, 0.8, 0.3, 0.5, 0.2, 0.1])
+    monkeypatch.setattr(ev, "score_trials", lambda *a, **k: hand)
+    out = tmp_path / "res" / "results.json"
+    ret = ev.evaluate(model, trials, root, out=out, cache=False, progress=False)
+    res = json.loads(out.read_text())
+    assert res == json.loads(json.dumps(ret))
+    # by hand: at threshold 0.5, P_miss = 1/3 (0.3) and P_fa = 1/3 (0.5); at 0.8 P_miss = 1/3, P_fa = 0,
+    # the lowest cost for both priors: DCF = P_miss + (1-p)/p P_fa = 1/3
+    assert res["eer"] == pytest.approx(100 / 3)
+    assert res["eer_threshold"] == pytest.approx(0.5)
+    assert res["min_dcf_0.01"] == pytest.approx(1 / 3) and res["min_dcf_0.01_threshold"] == pytest.approx(0.8)
+    assert res["min_dcf_0.05"] == pytest.approx(1 / 3) and res["min_dcf_0.05_threshold"] == pytest.approx(0.8)
+    t = res["trials"]
+    assert t["path"] == str(trials.resolve()) and t["n_trials"] == 6 and t["targets"] == 3 and t["nontargets"] == 3
+    assert t["sha256"] == hashlib.sha256(trials.read_bytes()).hexdigest()
+    assert res["protocol"]["name"] == "full" and res["score_norm"] is None
+    m = res["model"]
+    assert m["path"] == str(Path(model_path).resolve())
+    assert m["sha256"] == hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
+    assert m["metadata"]["encoder"]["name"] == "fast_resnet34" and m["fingerprint"] == model.fingerprint
+    assert res["config"]["encoder"] == "fast_resnet34" and res["config"]["features"]["n_mels"] == 40
+    from sslspeaker import __version__
+
+    assert res["sslspeaker"] == __version__
+    import datetime
+
+    assert datetime.datetime.fromisoformat(res["date"].replace("Z", "+00:00")).year >= 2024
+    assert res["scores"]["target_mean"] == pytest.approx(hand[:3].mean())
+    assert res["plots"] == {"scores": str(out.with_name("results_scores.png")),
+                            "det": str(out.with_name("results_det.png"))}
+    import matplotlib.image
+
+    for p in res["plots"].values():
+        data = Path(p).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        img = matplotlib.image.imread(p)
+        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 200
+
+
+def test_missing_audio_is_named(model, corpus, tmp_path, capsys):
+    trials, root = corpus
+    trials.write_text(trials.read_text() + "1 spk3/x.wav spk3/y.wav\n")
+    with pytest.raises(FileNotFoundError, match=r"2 of 5 audio files not found: .*spk3/x\.wav.*spk3/y\.wav"):
+        ev.evaluate(model, trials, root, cache=False, progress=False)
+    rc = main(["evaluate", "--model", str(model.source), "--trials", str(trials), "--audio-root", str(root),
+               "--no-cache", "--out", str(tmp_path / "r.json")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "spk3/x.wav" in err
+
+
+# ---- AS-norm ---------------------------------------------------------------------------------
+def direct_asnorm(s, ea, eb, cohort, k):
+    ea, eb, cohort = (np.asarray(x, np.float64) for x in (ea, eb, cohort))
+
+    def stats(e):
+        c = np.sort([float(e @ x) for x in cohort])[::-1][:k]
+        return np.mean(c), np.sqrt(np.mean((c - np.mean(c)) ** 2))
+
+    (ma, sa), (mb, sb) = stats(ea), stats(eb)
+    return 0.5 * ((s - ma) / sa + (s - mb) / sb)
+
+
+def test_asnorm_equals_the_formula():
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((6, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cohort = rng.standard_normal((30, 8))
+    cohort /= np.linalg.norm(cohort, axis=1, keepdims=True)
+    ia, ib = np.array([0, 1, 2, 3, 4, 0]), np.array([5, 4, 3, 2, 1, 3])
+    raw = np.einsum("nd,nd->n", emb[ia], emb[ib])
+    for k in (1, 5, 30, 100):  # 100 > cohort size: all 30 are used
+        mu, sd = ev.cohort_statistics(emb, cohort, k)
+        got = ev.as_norm(raw, mu[ia], sd[ia], mu[ib], sd[ib]) if k > 1 else None
+        if k == 1:  # std of one score is 0: only check the means
+            np.testing.assert_allclose(mu, (emb @ cohort.T).max(1))
+            continue
+        want = [direct_asnorm(raw[i], emb[ia[i]], emb[ib[i]], cohort, min(k, 30)) for i in range(len(ia))]
+        np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_evaluate_with_asnorm(model, corpus, tmp_path, monkeypatch):
+    trials, root = corpus
+    cohort_files = []
+    for i in range(4):
+        p = tmp_path / "cohort" / f"k{i}.wav"
+        write_audio(p, seconds=1.2, freq=150.0 + 90 * i)
+        cohort_files.append(p)
+    manifest = tmp_path / "cohort" / "manifest.csv"
+    manifest.write_text("path,speaker,duration\n" + "".join(f"k{i}.wav,c{i},1.2\n" for i in range(4)))
+    captured = {}
+    real = ev.as_norm
+    monkeypatch.setattr(ev, "as_norm", lambda *a, **k: captured.setdefault("s", real(*a, **k)))
+    res = ev.evaluate(model, trials, root, score_norm="asnorm", cohort=manifest, top_k=3, cache=False,
+                      progress=False)
+    sn = res["score_norm"]
+    assert sn["name"] == "asnorm" and sn["top_k"] == 3 and sn["cohort_size"] == 4
+    assert sn["cohort_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    cohort = np.stack([model.embed(p) for p in cohort_files])
+    e = {p: model.embed(p).astype(np.float64) for p in {p for pair in pairs(root) for p in pair}}
+    want = [direct_asnorm(float(e[a] @ e[b]), e[a], e[b], cohort, 3) for a, b in pairs(root)]
+    np.testing.assert_allclose(captured["s"], want, rtol=1e-6)
+    with pytest.raises(ValueError, match="cohort"):
+        ev.evaluate(model, trials, root, score_norm="asnorm", cache=False, progress=False)
+
+
+# ---- command ---------------------------------------------------------------------------------
+def test_cli_evaluate(model_path, corpus, tmp_path, capsys):
+    trials, root = corpus
+    out = tmp_path / "r" / "results.json"
+    rc = main(["evaluate", "--model", str(model_path), "--trials", str(trials), "--audio-root", str(root),
+               "--protocol", "clova10crop", "--out", str(out), "--cache", str(tmp_path / "c"), "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert f"EER {res['eer']:.3f}%" in printed and "minDCF(0.01)" in printed and "minDCF(0.05)" in printed
+    assert str(out) in printed and "results_det.png" in printed
+    assert res["protocol"]["name"] == "clova10crop"
+    assert out.with_name("results_scores.png").is_file() and out.with_name("results_det.png").is_file()
+    rc = main(["evaluate", "--model", str(model_path), "--trials", str(trials), "--audio-root", str(root),
+               "--score-norm", "asnorm", "--out", str(out)])
+    assert rc == 2 and "--cohort" in capsys.readouterr().err

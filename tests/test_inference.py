@@ -1,0 +1,338 @@
+"""Inference model format (.safetensors + metadata), SpeakerEncoder API, and the embed/verify/export commands."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+from conftest import write_audio
+from sslspeaker.cli import main
+from sslspeaker.config import Config, config_from_dict, to_dict
+from sslspeaker.inference import (NO_DEFAULT_MODEL, ModelError, NoDefaultModelError, SpeakerEncoder,
+                                  export_model, read_model_file)
+from sslspeaker.models import build_encoder
+from sslspeaker.training.build import build_features, build_model
+from sslspeaker.training.checkpoint import load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_run(root, seed: int = 0, step: int = 7):
+    """A training run folder in the trainer's format: default fast_resnet34, random weights and BN statistics."""
+    cfg = Config()
+    cfg.method.options = {"queue_size": 64}
+    torch.manual_seed(seed)
+    method = build_model(cfg)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so buffers must survive the round trip
+        for m in method.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    state = {"format": "sslspeaker-checkpoint-1", "config": to_dict(cfg), "method": method.state_dict(),
+             "position": {"step": step, "epoch": 1, "batch": 0}}
+    save_checkpoint(root / "checkpoints" / "last.pt", state)
+    return root
+
+
+def direct_embedding(run_dir, wave: np.ndarray) -> np.ndarray:
+    """The embedding computed straight from the training checkpoint's encoder and the config's features."""
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    cfg = config_from_dict(ckpt["config"])
+    enc = build_encoder(cfg.model.encoder, n_mels=cfg.features.n_mels, **cfg.model.options)
+    enc.load_state_dict({k[8:]: v for k, v in ckpt["method"].items() if k.startswith("encoder.")})
+    enc.eval()
+    with torch.no_grad():
+        e = enc(build_features(cfg)(torch.from_numpy(wave)[None]))
+    return F.normalize(e, dim=-1)[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def model_path(run_dir, tmp_path_factory):
+    return export_model(run_dir, tmp_path_factory.mktemp("model") / "model.safetensors", threshold=0.4,
+                        threshold_source="dev EER threshold on test trials")
+
+
+@pytest.fixture(scope="module")
+def wave():
+    return (0.1 * np.random.default_rng(0).standard_normal(16000 * 2)).astype(np.float32)
+
+
+# ---- format ----------------------------------------------------------------------------------
+def test_export_round_trip_matches_direct_encoder(run_dir, model_path, wave):
+    model = SpeakerEncoder.load(model_path)
+    e = model.embed(wave)
+    assert e.dtype == np.float32 and e.shape == (256,)
+    assert np.linalg.norm(e) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(e, direct_embedding(run_dir, wave), atol=1e-5)
+    # a run folder and its .pt load to the same embeddings (no threshold: none was stored)
+    for src in (run_dir, run_dir / "checkpoints" / "last.pt"):
+        m2 = SpeakerEncoder.load(src)
+        np.testing.assert_allclose(m2.embed(wave), e, atol=1e-6)
+        assert m2.threshold is None and m2.fingerprint == model.fingerprint
+
+
+def test_model_file_is_plain_safetensors_with_metadata(run_dir, model_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(model_path))
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    enc = {k[8:]: v for k, v in ckpt["method"].items() if k.startswith("encoder.")}
+    assert set(tensors) == set(enc)
+    for k, v in enc.items():
+        assert torch.equal(tensors[k], v), k
+    with safe_open(str(model_path), "pt") as f:
+        meta = json.loads(f.metadata()["sslspeaker"])
+    assert meta["format"] == "sslspeaker-model" and meta["format_version"] == 1
+    assert meta["encoder"]["name"] == "fast_resnet34"
+    # every constructor argument is pinned, so a later change of a code default cannot alter the model
+    opts = meta["encoder"]["options"]
+    assert opts["embed_dim"] == 256 and opts["channels"] == [16, 32, 64, 128] and opts["layers"] == [3, 4, 6, 3]
+    assert {"pooling", "se_reduction", "input_norm"} <= set(opts)
+    assert meta["features"]["n_mels"] == 40 and meta["features"]["norm"] == "instance"
+    assert meta["features"]["preemphasis"] == pytest.approx(0.97)
+    assert meta["embed_dim"] == 256
+    assert meta["threshold"] == pytest.approx(0.4) and meta["threshold_source"] == "dev EER threshold on test trials"
+    prov = meta["provenance"]
+    assert prov["step"] == 7 and prov["checkpoint"].endswith("last.pt") and prov["method"] == "moco"
+
+
+def test_loading_a_model_never_unpickles(model_path, wave, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("unpickling attempted")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    model = SpeakerEncoder.load(model_path)
+    assert np.isfinite(model.embed(wave)).all()
+
+
+def test_bad_model_files_give_clear_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ModelError, match="not an sslspeaker model"):
+        SpeakerEncoder.load(tmp_path / "plain.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="junk.safetensors"):
+        SpeakerEncoder.load(tmp_path / "junk.safetensors")
+    with pytest.raises(FileNotFoundError, match="nothere"):
+        SpeakerEncoder.load(tmp_path / "nothere.safetensors")
+    (tmp_path / "emptyrun").mkdir()
+    with pytest.raises(ModelError, match="not a training run"):
+        SpeakerEncoder.load(tmp_path / "emptyrun")
+
+
+def test_missing_default_model_is_explained(tmp_path, monkeypatch):
+    import sslspeaker.inference.model as im
+
+    monkeypatch.setattr(im, "default_model_path", lambda: tmp_path / "default.safetensors")
+    with pytest.raises(NoDefaultModelError, match="no default model is bundled"):
+        SpeakerEncoder.load()
+    assert "pass --model PATH" in NO_DEFAULT_MODEL
+
+
+def test_default_model_path_is_inside_the_package():
+    import sslspeaker
+    from sslspeaker.inference import default_model_path
+
+    p = default_model_path()
+    assert p.name == "default.safetensors" and p.parent.name == "pretrained"
+    assert p.parent.parent == Path(sslspeaker.__file__).resolve().parent
+
+
+# ---- API -------------------------------------------------------------------------------------
+def test_embed_inputs_paths_tensors_and_other_rates(model_path, wave, tmp_path):
+    import soxr
+
+    model = SpeakerEncoder.load(model_path)
+    e = model.embed(wave)
+    np.testing.assert_allclose(model.embed(torch.from_numpy(wave)), e, atol=1e-6)
+    sf.write(str(tmp_path / "a.wav"), wave, 16000, subtype="FLOAT")
+    np.testing.assert_allclose(model.embed(tmp_path / "a.wav"), e, atol=1e-6)
+    np.testing.assert_allclose(model.embed(str(tmp_path / "a.wav")), e, atol=1e-6)
+    w8 = soxr.resample(wave, 16000, 8000).astype(np.float32)
+    expected = model.embed(soxr.resample(w8, 8000, 16000).astype(np.float32))
+    np.testing.assert_allclose(model.embed(w8, sample_rate=8000), expected, atol=1e-6)
+    batch = model.embed_batch([wave, wave[:20000]])
+    assert batch.shape == (2, 256)
+    np.testing.assert_allclose(batch[0], e, atol=1e-6)
+    np.testing.assert_allclose(batch[1], model.embed(wave[:20000]), atol=1e-6)
+    with pytest.raises(ValueError, match="mono"):
+        model.embed(np.zeros((2, 16000), np.float32))
+    with pytest.raises(ValueError, match="too short"):
+        model.embed(np.zeros(100, np.float32))
+
+
+def test_score_and_verify(model_path, wave):
+    model = SpeakerEncoder.load(model_path)
+    other = (0.1 * np.random.default_rng(1).standard_normal(24000)).astype(np.float32)
+    s = model.score(wave, other)
+    assert s == pytest.approx(float(model.embed(wave) @ model.embed(other)), abs=1e-6)
+    assert model.score(other, wave) == pytest.approx(s, abs=1e-6)
+    assert model.score(wave, wave) == pytest.approx(1.0, abs=1e-5)
+    assert model.threshold == pytest.approx(0.4)
+    assert model.verify(wave, other) == (pytest.approx(s, abs=1e-6), s >= 0.4)
+    assert model.verify(wave, other, threshold=s - 1e-3)[1] is True
+    assert model.verify(wave, other, threshold=s + 1e-3)[1] is False
+    assert model.to("cpu") is model and model.device == torch.device("cpu")
+    cfg = model.config
+    assert cfg["encoder"] == "fast_resnet34" and cfg["features"]["n_mels"] == 40 and cfg["embed_dim"] == 256
+
+
+def test_verify_without_any_threshold_is_an_error(run_dir, wave):
+    model = SpeakerEncoder.load(run_dir)
+    with pytest.raises(ValueError, match="no decision threshold"):
+        model.verify(wave, wave)
+    assert model.verify(wave, wave, threshold=0.5)[1] is True
+
+
+def test_fingerprint_follows_weights_not_threshold(run_dir, model_path, tmp_path):
+    from sslspeaker.inference import set_threshold
+
+    a = SpeakerEncoder.load(model_path)
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(model_path.read_bytes())
+    set_threshold(copy, 0.9, "manual")
+    b = SpeakerEncoder.load(copy)
+    assert b.threshold == pytest.approx(0.9) and b.threshold_source == "manual"
+    assert b.fingerprint == a.fingerprint
+    tensors, meta = read_model_file(copy)
+    assert meta["threshold"] == pytest.approx(0.9) and set(tensors) == set(a.encoder.state_dict())
+    c = SpeakerEncoder.load(make_run(tmp_path / "other", seed=1))
+    assert c.fingerprint != a.fingerprint
+
+
+# ---- commands --------------------------------------------------------------------------------
+def test_cli_embed_writes_npy_and_skips_a_corrupt_file(model_path, tmp_path, capsys):
+    a = tmp_path / "in" / "spk1" / "utt.wav"
+    b = tmp_path / "in" / "spk2" / "utt.wav"  # same stem: a collision
+    c = tmp_path / "in" / "c.flac"
+    for p, f in ((a, 200.0), (b, 300.0), (c, 400.0)):
+        write_audio(p, seconds=1.0, freq=f, subtype="PCM_16")
+    bad = tmp_path / "in" / "bad.wav"
+    bad.write_bytes(b"RIFF....garbage")
+    out = tmp_path / "out"
+    rc = main(["embed", "--model", str(model_path), str(a), str(bad), str(b), str(c), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "bad.wav" in err and "skipped" in err
+    assert sorted(f.name for f in out.glob("*.npy")) == ["c.npy", "utt-2.npy", "utt.npy"]
+    model = SpeakerEncoder.load(model_path)
+    np.testing.assert_allclose(np.load(out / "utt.npy"), model.embed(a), atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "utt-2.npy"), model.embed(b), atol=1e-6)
+    index = (out / "index.csv").read_text().splitlines()
+    assert index[0] == "path,embedding" and len(index) == 4 and index[2].endswith("utt-2.npy")
+
+    assert main(["embed", "--model", str(model_path), str(a), str(c), "--out", str(out), "--format", "npz"]) == 0
+    z = np.load(out / "embeddings.npz")
+    assert list(z["paths"]) == [str(a), str(c)] and z["embeddings"].shape == (2, 256)
+    np.testing.assert_allclose(z["embeddings"][1], model.embed(c), atol=1e-6)
+    assert main(["embed", "--model", str(model_path), str(c), "--out", str(out), "--format", "csv"]) == 0
+    rows = (out / "embeddings.csv").read_text().splitlines()
+    assert rows[0].startswith("path,e0,e1") and len(rows) == 2
+    np.testing.assert_allclose(np.array(rows[1].split(",")[1:], float), model.embed(c), atol=1e-6)
+
+
+def test_cli_verify_prints_a_decision(model_path, tmp_path, capsys):
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    write_audio(a, seconds=1.5, freq=200.0)
+    write_audio(b, seconds=1.5, freq=330.0)
+    model = SpeakerEncoder.load(model_path)
+    s = model.score(a, b)
+    assert main(["verify", "--model", str(model_path), str(a), str(a)]) == 0
+    out = capsys.readouterr().out
+    assert "same speaker" in out and "0.4000" in out
+    assert main(["verify", "--model", str(model_path), str(a), str(b), "--threshold", str(s + 0.01)]) == 0
+    out = capsys.readouterr().out
+    assert "different speakers" in out and f"{s:.4f}" in out
+    assert main(["verify", "--model", str(model_path), str(a), str(b), "--threshold", str(s - 0.01), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["same_speaker"] is True and rec["score"] == pytest.approx(s, abs=1e-6)
+    assert main(["verify", "--model", str(model_path), str(a), str(tmp_path / "missing.wav")]) == 2
+    assert "missing.wav" in capsys.readouterr().err
+
+
+def test_cli_without_model_and_without_bundled_default(tmp_path, monkeypatch, capsys):
+    import sslspeaker.inference.model as im
+
+    monkeypatch.setattr(im, "default_model_path", lambda: tmp_path / "default.safetensors")
+    a = tmp_path / "a.wav"
+    write_audio(a, seconds=1.0)
+    for argv in (["verify", str(a), str(a)], ["embed", str(a), "--out", str(tmp_path / "o")]):
+        assert main(argv) == 2
+        assert f"error: {NO_DEFAULT_MODEL}" in capsys.readouterr().err
+
+
+def test_cli_verify_run_dir_without_threshold(run_dir, tmp_path, capsys):
+    a = tmp_path / "a.wav"
+    write_audio(a, seconds=1.0)
+    assert main(["verify", "--model", str(run_dir), str(a), str(a)]) == 2
+    assert "--threshold" in capsys.readouterr().err
+
+
+def test_cli_export(run_dir, tmp_path, capsys):
+    from sslspeaker.commands.export import add_parser  # noqa: F401  (the module exists)
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "m.safetensors"
+    args = parser.parse_args(["export", str(run_dir), "--out", str(out), "--threshold", "0.25"])
+    assert args.func(args) == 0
+    m = SpeakerEncoder.load(out)
+    assert m.threshold == pytest.approx(0.25) and "--threshold" in m.threshold_source
+
+    # --trials: the stored threshold is the dev EER threshold of full-utterance scoring
+    files = []
+    for i, f in enumerate((200.0, 210.0, 500.0, 520.0)):
+        files.append(f"s{i}.wav")
+        write_audio(tmp_path / "audio" / files[-1], seconds=1.0 + 0.3 * i, freq=f)
+    trials = tmp_path / "trials.txt"
+    trials.write_text(f"1 {files[0]} {files[1]}\n0 {files[0]} {files[2]}\n1 {files[2]} {files[3]}\n"
+                      f"0 {files[1]} {files[3]}\n")
+    out2 = tmp_path / "m2.safetensors"
+    args = parser.parse_args(["export", str(run_dir), "--out", str(out2), "--trials", str(trials),
+                              "--audio-root", str(tmp_path / "audio"), "--no-cache", "--quiet", "--device", "cpu"])
+    assert args.func(args) == 0
+    assert "dev EER" in capsys.readouterr().out
+    from sslspeaker.evaluation.evaluate import evaluate
+
+    res = evaluate(SpeakerEncoder.load(run_dir), trials, tmp_path / "audio", cache=False, progress=False)
+    m2 = SpeakerEncoder.load(out2)
+    assert m2.threshold == pytest.approx(res["eer_threshold"])
+    assert m2.threshold_source.startswith("dev EER threshold on") and str(trials.name) in m2.threshold_source
+    args = parser.parse_args(["export", str(run_dir), "--out", str(out2), "--threshold", "1", "--trials", str(trials)])
+    assert args.func(args) == 2
+
+
+def test_model_file_pins_encoder_defaults(model_path, wave, monkeypatch):
+    from sslspeaker.models import FastResNet34
+
+    before = SpeakerEncoder.load(model_path).embed(wave)
+    defaults = FastResNet34.__init__.__defaults__
+    assert defaults[-2] == 8  # se_reduction
+    monkeypatch.setattr(FastResNet34.__init__, "__defaults__", defaults[:-2] + (4, defaults[-1]))
+    with pytest.raises(RuntimeError):  # the changed default bites a model built from the defaults...
+        build_encoder("fast_resnet34").load_state_dict(SpeakerEncoder.load(model_path).encoder.state_dict())
+    # ...but not a model file, which stored every argument
+    np.testing.assert_allclose(SpeakerEncoder.load(model_path).embed(wave), before, atol=1e-6)

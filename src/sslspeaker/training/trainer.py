@@ -60,6 +60,12 @@ def _autocast(cfg: Config, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def _single_threaded(_worker_id: int) -> None:
+    # A data worker beside a training process that already uses every core: more threads here
+    # only oversubscribe the CPU (OpenMP spin-waits), slowing both.
+    torch.set_num_threads(1)
+
+
 class Trainer:
     def __init__(self, cfg: Config, out_dir: str | os.PathLike, resume: bool = False):
         self.out = Path(out_dir)
@@ -182,7 +188,7 @@ class Trainer:
         return torch.utils.data.DataLoader(
             self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=w,
             prefetch_factor=self.cfg.data.prefetch if w else None, persistent_workers=False,
-            pin_memory=self.device.type == "cuda")
+            pin_memory=self.device.type == "cuda", worker_init_fn=_single_threaded)
 
     def _features(self, wave: torch.Tensor) -> torch.Tensor:
         wave = wave.to(self.device, non_blocking=True)

@@ -215,3 +215,19 @@ def test_prepare_shared_speechocean762(tmp_path, shared_data):
     # Opus is lossy and decodes after a seek with a short pre-roll: equal to a few 16-bit LSBs
     clip = sorted((shared_data / "librispeech-clips").glob("*.opus"))[0]
     np.testing.assert_allclose(read_audio(clip, 20000, 4000), read_audio(clip)[20000:24000], atol=3e-4)
+
+
+def test_dataset_local_views_and_labelled_fraction(tmp_path):
+    entries = []
+    for i in range(8):
+        write_audio(tmp_path / f"u{i}.wav", seconds=1.2, freq=100.0 + 30 * i)
+        entries.append(Entry(str(tmp_path / f"u{i}.wav"), f"s{i % 4}", 1.2))
+    ds = SegmentDataset(entries, crop_seconds=1.0, n_views=2, seed=0, local_crop_seconds=0.4, n_local_views=3,
+                        with_labels=True, labelled_fraction=0.5)
+    item = ds[(0, 1)]
+    assert item["wave"].shape == (2, 16000) and item["local"].shape == (3, 6400)
+    labels = [ds[(0, i)]["label"] for i in range(8)]
+    assert sorted(set(labels)) == sorted({-1, *[l for l in labels if l >= 0]})
+    kept = {entries[i].speaker for i in range(8) if labels[i] >= 0}
+    assert len(kept) == 2  # half of the 4 speakers keep their labels; the rest read -1
+    assert collate([ds[(0, i)] for i in range(2)])["local"].shape == (2, 3, 6400)

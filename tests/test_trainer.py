@@ -152,3 +152,10 @@ def test_torchrun_two_processes_gloo(corpus, tmp_path):
     # the queue is clamped to 8 (9 utterances, global batch 4); 2 steps x 4 keys gathered from
     # both ranks fill it exactly once, so the pointer is back at 0
     assert ckpt["method"]["queue"].shape[0] == 8 and int(ckpt["method"]["queue_ptr"]) == 0
+
+
+def test_embed_training_set(corpus, tmp_path):
+    t = Trainer(make_cfg(corpus, "augment.mode=none"), tmp_path)
+    emb = t.embed_training_set()
+    assert emb.shape == (9, 16)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(9))

@@ -38,6 +38,9 @@ class DataConfig:
     train: list[ManifestRef] = field(default_factory=list)
     crop_seconds: float = 1.8
     n_views: int = 2
+    local_crop_seconds: float = 0.0  # multi-crop methods (DINO): length of the local views
+    n_local_views: int = 0
+    labelled_fraction: float = 1.0  # methods that read labels: share of speakers whose labels are kept
     workers: int = 1  # DataLoader worker processes (0 = read in the training process)
     prefetch: int = 4
 

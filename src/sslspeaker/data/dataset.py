@@ -26,7 +26,8 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 class SegmentDataset(torch.utils.data.Dataset):
-    """Yields ``n_views`` random crops of one utterance: ``{"wave": [V, T], "index", "label"}``.
+    """Yields ``n_views`` random crops of one utterance: ``{"wave": [V, T], "index", "label"}``,
+    plus ``"local": [V_local, T_local]`` shorter crops for multi-crop methods.
 
     Indexed by ``(epoch, index)`` pairs (see ``EpochBatchSampler``). An unreadable file is
     reported once and replaced by another utterance drawn from the same RNG, so a bad file
@@ -34,12 +35,15 @@ class SegmentDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, entries: Sequence[Entry], crop_seconds: float = 1.8, n_views: int = 2, seed: int = 0,
-                 augment: Augment | None = None, with_labels: bool = False, sample_rate: int = SAMPLE_RATE):
+                 augment: Augment | None = None, with_labels: bool = False, sample_rate: int = SAMPLE_RATE,
+                 local_crop_seconds: float = 0.0, n_local_views: int = 0, labelled_fraction: float = 1.0):
         if not entries:
             raise ValueError("empty training manifest")
         self.entries = list(entries)
         self.crop_frames = int(round(crop_seconds * sample_rate))
         self.n_views = n_views
+        self.local_frames = int(round(local_crop_seconds * sample_rate))
+        self.n_local = n_local_views if self.local_frames > 0 else 0
         self.seed = seed
         self.augment = augment
         self.sample_rate = sample_rate
@@ -50,6 +54,11 @@ class SegmentDataset(torch.utils.data.Dataset):
             if len(speakers) == 0:
                 raise ValueError("with_labels needs a manifest with a speaker column")
             self.speaker_ids = {s: i for i, s in enumerate(speakers)}
+            if labelled_fraction < 1.0:
+                # semi-supervised: a seeded subset of speakers keeps its labels, the rest read -1
+                keep = np.random.default_rng(seed).permutation(len(speakers))[:round(labelled_fraction * len(speakers))]
+                kept = {speakers[i] for i in keep}
+                self.speaker_ids = {s: (i if s in kept else -1) for s, i in self.speaker_ids.items()}
             self.labels = [self.speaker_ids.get(e.speaker, -1) for e in self.entries]
 
     def __len__(self) -> int:
@@ -64,6 +73,8 @@ class SegmentDataset(torch.utils.data.Dataset):
                 frames = int(e.duration * self.sample_rate)
                 try:
                     views = read_crops(e.path, frames, self.crop_frames, self.n_views, rng, self.sample_rate)
+                    local = (read_crops(e.path, frames, self.local_frames, self.n_local, rng, self.sample_rate)
+                             if self.n_local else None)
                     break
                 except (AudioError, ValueError) as exc:
                     self.bad.add(index)
@@ -73,7 +84,10 @@ class SegmentDataset(torch.utils.data.Dataset):
             raise RuntimeError("20 unreadable files in a row: check the training manifest")
         if self.augment is not None:
             views = self.augment(views, rng)
+            local = self.augment(local, rng) if local is not None else None
         item = {"wave": torch.from_numpy(np.ascontiguousarray(views, dtype=np.float32)), "index": index}
+        if local is not None:
+            item["local"] = torch.from_numpy(np.ascontiguousarray(local, dtype=np.float32))
         if self.labels is not None:
             item["label"] = self.labels[index]
         return item
@@ -110,6 +124,8 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
 def collate(items: list[dict]) -> dict:
     out = {"wave": torch.stack([it["wave"] for it in items]), "index": torch.tensor([it["index"] for it in items])}
+    if "local" in items[0]:
+        out["local"] = torch.stack([it["local"] for it in items])
     if "label" in items[0]:
         out["label"] = torch.tensor([it["label"] for it in items])
     return out

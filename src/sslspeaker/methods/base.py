@@ -12,6 +12,10 @@ class Method(nn.Module):
     """A self-supervised (or supervised) training objective around an encoder."""
 
     needs_labels: bool = False
+    # Extra batch fields passed to ``forward`` as keyword arguments when listed here:
+    # "index" (dataset indices [B], e.g. cluster look-ups) and "local_feats"
+    # ([B, V_local, n_mels, frames_local], multi-crop methods such as DINO).
+    wants: tuple[str, ...] = ()
 
     def __init__(self, encoder: nn.Module, **options: Any) -> None:
         super().__init__()

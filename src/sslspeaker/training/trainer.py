@@ -90,7 +90,10 @@ class Trainer:
         self.method = build_model(cfg)
         self.dataset = SegmentDataset(entries, cfg.data.crop_seconds, cfg.data.n_views, t.seed,
                                       augment=worker_augment(self.augmenter) if on_worker else None,
-                                      with_labels=self.method.needs_labels)
+                                      with_labels=self.method.needs_labels,
+                                      local_crop_seconds=cfg.data.local_crop_seconds,
+                                      n_local_views=cfg.data.n_local_views,
+                                      labelled_fraction=cfg.data.labelled_fraction)
         self.sampler = EpochBatchSampler(len(entries), t.batch_size, t.seed, self.rank, self.world)
         self.steps_per_epoch = self.sampler.batches_per_epoch()
         self.total_steps = self.steps_per_epoch * t.epochs
@@ -217,8 +220,13 @@ class Trainer:
                     feats = feats.contiguous()
                 labels = batch.get("label")
                 labels = labels.to(self.device) if labels is not None else None
+                extras = {}
+                if "index" in self.method.wants:
+                    extras["index"] = batch["index"].to(self.device)
+                if "local_feats" in self.method.wants and "local" in batch:
+                    extras["local_feats"] = self._features(batch["local"])
                 with _autocast(self.cfg, self.device):
-                    loss, logs = self.forward(feats, labels)
+                    loss, logs = self.forward(feats, labels, **extras)
                 if not torch.isfinite(loss):
                     nonfinite += 1
                     self.optimizer.zero_grad(set_to_none=True)
@@ -269,6 +277,37 @@ class Trainer:
         if self.history:
             result.update(self.history[-1])
         return result
+
+    @torch.no_grad()
+    def embed_training_set(self, encoder: torch.nn.Module | None = None, crop_seconds: float | None = None,
+                           batch_size: int = 64) -> torch.Tensor:
+        """L2-normalised embeddings [N, D] of every training utterance (one centred crop each), in
+        dataset order, for epoch-end work such as clustering. Computed on every rank (cheap
+        relative to an epoch, and keeps ranks in lock-step)."""
+        from ..data.crops import tile_to
+        from ..data.audio import read_audio
+
+        encoder = encoder if encoder is not None else self.method.inference_encoder()
+        frames = int((crop_seconds or self.cfg.data.crop_seconds) * 16000)
+        was_training = encoder.training
+        encoder.eval()
+        out = []
+        entries = self.dataset.entries
+        for i in range(0, len(entries), batch_size):
+            waves = []
+            for e in entries[i:i + batch_size]:
+                n = int(e.duration * 16000)
+                start = max(0, (n - frames) // 2)
+                try:
+                    waves.append(tile_to(read_audio(e.path, start, frames), frames))
+                except Exception:  # unreadable: a zero row keeps indices aligned; it is never a positive
+                    waves.append(np.zeros(frames, np.float32))
+            x = torch.from_numpy(np.stack(waves)).to(self.device)
+            with _autocast(self.cfg, self.device):
+                emb = encoder(self.features(x))
+            out.append(torch.nn.functional.normalize(emb.float(), dim=1))
+        encoder.train(was_training)
+        return torch.cat(out)
 
     def validate(self) -> dict:
         """EER and minDCF(0.01) on the validation trial list, full-utterance cosine scoring."""

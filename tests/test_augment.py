@@ -21,9 +21,9 @@ def snr_db(clean, mixed):
     return 10 * torch.log10(clean.pow(2).mean(-1) / (mixed - clean).pow(2).mean(-1))
 
 
-def write(path: Path, x, sr=SR) -> Entry:
+def write(path: Path, x, sr=SR, category=None) -> Entry:
     sf.write(str(path), np.asarray(x, np.float32), sr)
-    return Entry(str(path))
+    return Entry(str(path), category=category)
 
 
 def speechlike(n, seed):
@@ -106,12 +106,12 @@ def test_reverb_unit_impulse_is_identity():
 
 
 def test_reverb_delayed_impulse_shifts():
-    x = torch.randn(2, 3000)
+    x = torch.randn(2, 3000, generator=torch.Generator().manual_seed(0))
     rir = torch.zeros(2, 100)
     rir[:, 37] = 1
     y = reverberate(x, rir)
-    torch.testing.assert_close(y[:, 37:], x[:, :-37], atol=1e-6, rtol=0)
-    assert y[:, :37].abs().max() < 1e-6
+    torch.testing.assert_close(y[:, 37:], x[:, :-37], atol=1e-5, rtol=0)  # float32 FFT round-off
+    assert y[:, :37].abs().max() < 1e-5
 
 
 def test_reverb_matches_scipy_fftconvolve():
@@ -176,7 +176,16 @@ def test_noise_bank_preloads_small_sets(tmp_path):
     assert bank.is_preloaded("noise")
     path.unlink()  # no disk access in the hot path
     assert bank.sample("noise", 4000, np.random.default_rng(0)).shape == (4000,)
-    assert not NoiseBank([write(path, np.zeros(SR) + 0.1)], preload_limit_s=0.5).is_preloaded("noise")
+    assert not NoiseBank([write(path, np.zeros(SR) + 0.1)], preload=False).is_preloaded("noise")
+
+
+def test_noise_bank_subsamples_large_sets_into_memory(tmp_path):
+    entries = [write(tmp_path / f"s{i}.flac", np.random.default_rng(i).normal(0, 0.1, SR), category="speech")
+               for i in range(10)]
+    bank = NoiseBank(entries, preload_limit_s=3.5)  # 10 s of speech, 3.5 s budget
+    assert bank.count("speech") == 4 and bank.is_preloaded("speech")  # whole files until the budget is spent
+    again = NoiseBank(entries, preload_limit_s=3.5)
+    assert [f.path for f in again._files["speech"]] == [f.path for f in bank._files["speech"]]  # seeded
 
 
 def test_noise_bank_warnings_are_bounded(tmp_path, caplog):

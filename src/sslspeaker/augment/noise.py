@@ -50,8 +50,9 @@ class NoiseBank:
     """Noise files grouped by category ("noise", "music", "speech"; a missing category is "noise").
 
     ``sample`` returns a random span of a random file, reading only that span from disk unless
-    the category is preloaded. ``preload=None`` preloads every category whose total duration is
-    under ``preload_limit_s`` (noise sets are small; this keeps disk reads out of the hot path).
+    the category is preloaded. ``preload=None`` preloads every category, subsampling one longer
+    than ``preload_limit_s`` to that much audio (keeps disk reads out of the hot path);
+    ``preload=False`` reads every span from disk.
     Unreadable files are skipped with a warning.
     """
 
@@ -75,7 +76,21 @@ class NoiseBank:
             log.warning("noise bank: skipped %d unusable files of %d in all", len(skipped), len(entries))
         for category, files in self._files.items():
             total_s = sum(f.frames for f in files) / SAMPLE_RATE
-            if preload or (preload is None and total_s < preload_limit_s):
+            if preload is None and total_s >= preload_limit_s:
+                # A large set (MUSAN speech is 60 h) keeps a seeded random subset of about
+                # preload_limit_s in memory: disk reads in the hot path cost more than the
+                # diversity lost (babble draws 3-7 talkers from hundreds of files either way).
+                order = np.random.default_rng(0).permutation(len(files))
+                keep, budget = [], preload_limit_s * SAMPLE_RATE
+                for i in order:
+                    if budget <= 0:
+                        break
+                    keep.append(files[i])
+                    budget -= files[i].frames
+                log.info("noise bank: %s has %.0f min; keeping %d of %d files (%.0f min) in memory",
+                         category, total_s / 60, len(keep), len(files), preload_limit_s / 60)
+                files[:] = sorted(keep, key=lambda f: f.path)
+            if preload is not False:
                 for f in list(files):
                     self._load(category, f)
 

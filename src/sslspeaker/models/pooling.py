@@ -1,7 +1,9 @@
 """Temporal pooling layers: [B, C, T] frame features -> [B, out_dim] utterance vector.
 
-Both run in float32 with autocast disabled: a softmax over hundreds of frames and a
-variance computed as E[x^2] - E[x]^2 lose too much precision in bf16.
+All run in float32 with autocast disabled: a softmax over hundreds of frames and a
+variance computed as E[x^2] - E[x]^2 lose too much precision in bf16. Every layer has
+``out_dim``; the statistics layers floor the variance at ``eps`` so that one frame, or
+constant frames, give a finite std and gradient.
 """
 
 from __future__ import annotations
@@ -54,12 +56,73 @@ class AttentiveStatisticsPooling(SelfAttentivePooling):
             return torch.cat([mean, var.clamp(min=self.eps).sqrt()], dim=1)
 
 
-_POOLINGS = {"sap": SelfAttentivePooling, "asp": AttentiveStatisticsPooling}
+class TemporalStatisticsPooling(nn.Module):
+    """TSTP / x-vector statistics pooling: [mean_t x_t, std_t x_t] with uniform weights."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.channels = channels
+        self.out_dim = 2 * channels
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            mean = x.mean(dim=2, keepdim=True)
+            var = (x - mean).square().mean(dim=2)  # two-pass, population variance: defined for one frame
+            return torch.cat([mean.squeeze(2), var.clamp(min=self.eps).sqrt()], dim=1)
 
 
-def build_pooling(name: str, channels: int, **kwargs) -> SelfAttentivePooling:
-    """Pooling layer by name ("sap" or "asp") for ``channels``-dim frame features."""
+class ContextAttentiveStatisticsPooling(nn.Module):
+    """ECAPA-TDNN pooling (Desplanques et al. 2020): channel- and context-dependent ASP.
+
+    e_tc = v_c . tanh(W [h_t; mean(h); std(h)] + b) + k_c, softmax over t per channel c, then
+    the weighted mean and std per channel. The attention sees each frame next to the utterance's
+    uniform mean and std (``global_context``), so what counts as salient depends on the whole
+    recording. W is a 1x1 conv to ``attention_dim`` (128 in the paper); v, k a 1x1 conv back to C.
+    """
+
+    def __init__(self, channels: int, attention_dim: int = 128, global_context: bool = True, eps: float = 1e-5):
+        super().__init__()
+        self.channels = channels
+        self.out_dim = 2 * channels
+        self.global_context = global_context
+        self.eps = eps
+        in_ch = 3 * channels if global_context else channels
+        self.attention = nn.Sequential(
+            nn.Conv1d(in_ch, attention_dim, 1), nn.Tanh(), nn.Conv1d(attention_dim, channels, 1)
+        )
+
+    def _stats(self, x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+        """Weighted mean and std over time; w [B, C, T] sums to 1 over T."""
+        mean = (w * x).sum(dim=2, keepdim=True)
+        var = (w * (x - mean).square()).sum(dim=2)  # two-pass: no cancellation for large means
+        return mean.squeeze(2), var.clamp(min=self.eps).sqrt()
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            ctx = x
+            if self.global_context:
+                mean = x.mean(dim=2, keepdim=True)
+                std = (x - mean).square().mean(dim=2, keepdim=True).clamp(min=self.eps).sqrt()
+                ctx = torch.cat([x, mean.expand_as(x), std.expand_as(x)], dim=1)  # expand_as: T stays symbolic in ONNX
+            w = torch.softmax(self.attention(ctx), dim=2)
+            return torch.cat(self._stats(x, w), dim=1)
+
+
+_POOLINGS = {
+    "sap": SelfAttentivePooling,
+    "asp": AttentiveStatisticsPooling,
+    "tstp": TemporalStatisticsPooling,
+    "ecapa_asp": ContextAttentiveStatisticsPooling,
+}
+
+
+def build_pooling(name: str, channels: int, **kwargs) -> nn.Module:
+    """Pooling layer by name ("sap", "asp", "tstp", "ecapa_asp") for ``channels``-dim frame features."""
     try:
-        return _POOLINGS[name.lower()](channels, **kwargs)
+        cls = _POOLINGS[name.lower()]
     except KeyError:
         raise ValueError(f"unknown pooling {name!r}; known: {', '.join(_POOLINGS)}") from None
+    return cls(channels, **kwargs)

@@ -186,12 +186,16 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------
     def _loader(self):
+        # The batch sampler runs in this process, so one loader with persistent workers serves
+        # every epoch (no re-fork and cold first batch at each epoch boundary).
         self.sampler.set_position(self.epoch, self.batch_in_epoch)
-        w = self.cfg.data.workers
-        return torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=w,
-            prefetch_factor=self.cfg.data.prefetch if w else None, persistent_workers=False,
-            pin_memory=self.device.type == "cuda", worker_init_fn=_single_threaded)
+        if getattr(self, "_data_loader", None) is None or self._data_loader.dataset is not self.dataset:
+            w = self.cfg.data.workers
+            self._data_loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=w,
+                prefetch_factor=self.cfg.data.prefetch if w else None, persistent_workers=w > 0,
+                pin_memory=self.device.type == "cuda", worker_init_fn=_single_threaded)
+        return self._data_loader
 
     def _features(self, wave: torch.Tensor) -> torch.Tensor:
         wave = wave.to(self.device, non_blocking=True)

@@ -1,0 +1,265 @@
+"""C3-MoCo: MoCo with multi-stage class-collision correction (Zhang & Yu 2022, "C3-DINO: Joint
+contrastive and non-contrastive self-supervised learning for speaker verification", Tencent AI Lab).
+
+In speaker MoCo the queue holds many keys of the anchor's own speaker (class collision): false
+negatives. Three stages, each starting at a configured epoch:
+
+1. plain InfoNCE (MoCo; ``epoch < reweight_start_epoch``);
+2. re-weighted InfoNCE: an anchor is *flagged* when its positive is close (q·k⁺ > ``fn_min_pos``,
+   0.4) and some queued key is nearly as close as the positive (q·k_j > ``fn_ratio``·q·k⁺, 0.8);
+   L = ω1·L_tn + ω2·L_fn with L_tn / L_fn the per-anchor InfoNCE summed over the unflagged /
+   flagged anchors and divided by the batch size (so ω1 = ω2 = 1 is plain InfoNCE).
+   Optionally (``filter_false_negatives``) the flagged (anchor, key) pairs are also removed from
+   the denominator ("false negative pair filtering");
+3. + ProtoNCE (Li et al. 2021, PCL): after every epoch from ``proto_start_epoch − 1`` on, the
+   momentum features of the whole training set (``trainer.embed_training_set`` with the key
+   encoder and key projector) are clustered by k-means for each k in ``n_clusters``; an anchor's
+   positive prototype is the centroid of its utterance's cluster (looked up by dataset
+   ``index``), the other centroids are its negatives, each scaled by its concentration φ;
+   L = L_reMoCo + ``proto_weight``·L_ProtoNCE, the ProtoNCE averaged over the clusterings.
+
+No clustering runs after the run's last epoch (known from the trainer's ``steps_per_epoch`` and
+``total_steps``). Cluster assignments, prototypes and concentrations are buffers (saved in checkpoints; loading
+adopts the saved sizes). Under DDP every rank clusters and rank 0's result is broadcast.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..distributed import broadcast
+from .clustering import concentration, kmeans
+from .moco import MoCo
+from .registry import register_method
+
+log = logging.getLogger(__name__)
+
+__all__ = ["C3MoCo", "false_negative_mask", "false_negative_pairs", "proto_nce", "reweighted_info_nce"]
+
+
+# ---- equations ----------------------------------------------------------------------------
+def cosines(q: Tensor, k_pos: Tensor, queue: Tensor) -> tuple[Tensor, Tensor]:
+    """(q_i·k⁺_i [N], q_i·k_j [N, K]) in float32 (autocast off)."""
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k_pos, queue = q.float(), k_pos.float(), queue.float()
+        return (q * k_pos).sum(dim=1), q @ queue.t()
+
+
+def false_negative_pairs(pos: Tensor, neg: Tensor, ratio: float = 0.8, min_pos: float = 0.4) -> Tensor:
+    """F_ij = (q_i·k⁺_i > min_pos) ∧ (q_i·k_j > ratio·q_i·k⁺_i)  — queued key j is a likely false negative of anchor i; [N, K] bool."""
+    return (pos > min_pos)[:, None] & (neg > ratio * pos[:, None])
+
+
+def false_negative_mask(q: Tensor, k_pos: Tensor, queue: Tensor, ratio: float = 0.8, min_pos: float = 0.4) -> Tensor:
+    """flag_i = (q_i·k⁺_i > min_pos) ∧ ∃j: q_i·k_j > ratio·q_i·k⁺_i  — anchor i has a likely false negative; [N] bool."""
+    pos, neg = cosines(q, k_pos, queue)
+    return false_negative_pairs(pos, neg, ratio, min_pos).any(dim=1)
+
+
+def reweighted_info_nce(per_anchor: Tensor, flagged: Tensor, w_tn: float = 1.0, w_fn: float = 0.5) -> Tensor:
+    """L = ω1·L_tn + ω2·L_fn,  L_tn = (1/N) Σ_{i not flagged} ℓ_i,  L_fn = (1/N) Σ_{i flagged} ℓ_i   (C3 re-weighting)."""
+    n = per_anchor.shape[0]
+    flagged = flagged.to(per_anchor.device)
+    l_fn = (per_anchor * flagged).sum() / n
+    l_tn = (per_anchor * ~flagged).sum() / n
+    return w_tn * l_tn + w_fn * l_fn
+
+
+def proto_nce(q: Tensor, assignments: Tensor, prototypes: Tensor, phi: Tensor) -> Tensor:
+    """L = mean_i −log exp(q_i·c_{a_i}/φ_{a_i}) / Σ_j exp(q_i·c_j/φ_j)   (PCL eq. 11, one clustering, all other clusters as negatives)."""
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        logits = (q.float() @ prototypes.float().t()) / phi.float()[None]
+        return F.cross_entropy(logits, assignments.long())
+
+
+# ---- method -------------------------------------------------------------------------------
+_MOCO_OPTIONS = list(inspect.signature(MoCo.__init__).parameters)[2:]  # after self, encoder
+
+
+@register_method("c3_moco")
+class C3MoCo(MoCo):
+    """C3-MoCo: MoCo with false-negative re-weighting and ProtoNCE over k-means prototypes, in stages."""
+
+    wants = ("index",)
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        reweight_start_epoch: int = 10,
+        proto_start_epoch: int = 20,
+        fn_ratio: float = 0.8,
+        fn_min_pos: float = 0.4,
+        tn_weight: float = 1.0,
+        fn_weight: float = 0.5,
+        filter_false_negatives: bool = False,
+        n_clusters: list[int] | tuple[int, ...] = (),
+        proto_weight: float = 1.0,
+        proto_temperature: float | None = None,
+        concentration_alpha: float = 10.0,
+        cluster_iters: int = 20,
+        cluster_backend: str = "torch",
+        cluster_crop_seconds: float | None = None,
+        **moco_options,
+    ) -> None:
+        unknown = sorted(set(moco_options) - set(_MOCO_OPTIONS))
+        if unknown:
+            own = list(inspect.signature(C3MoCo.__init__).parameters)[2:-1]
+            raise ValueError(f"c3_moco: unknown option(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(own + _MOCO_OPTIONS))}")
+        super().__init__(encoder, **moco_options)
+        n_clusters = [int(k) for k in (n_clusters or [])]
+        if any(k < 2 for k in n_clusters):
+            raise ValueError(f"c3_moco: every n_clusters value must be >= 2, got {n_clusters}")
+        if reweight_start_epoch < 0 or proto_start_epoch < 0:
+            raise ValueError("c3_moco: stage start epochs must be >= 0")
+        if cluster_backend not in ("torch", "sklearn"):
+            raise ValueError(f"c3_moco: cluster_backend must be 'torch' or 'sklearn', got {cluster_backend!r}")
+        self.reweight_start_epoch, self.proto_start_epoch = reweight_start_epoch, proto_start_epoch
+        self.fn_ratio, self.fn_min_pos = fn_ratio, fn_min_pos
+        self.tn_weight, self.fn_weight = tn_weight, fn_weight
+        self.filter_false_negatives = filter_false_negatives
+        self.n_clusters = n_clusters
+        self.proto_weight = proto_weight
+        # PCL scales the mean concentration to the InfoNCE temperature
+        self.proto_temperature = self.temperature if proto_temperature is None else proto_temperature
+        self.concentration_alpha, self.cluster_iters = concentration_alpha, cluster_iters
+        self.cluster_backend, self.cluster_crop_seconds = cluster_backend, cluster_crop_seconds
+        dim = self.queue.shape[1]
+        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+        self.register_buffer("proto_epoch", torch.full((), -1, dtype=torch.long))  # epoch that clustered; -1 none
+        for m in range(len(n_clusters)):
+            self.register_buffer(f"proto_assign_{m}", torch.zeros(0, dtype=torch.long))
+            self.register_buffer(f"proto_centroids_{m}", torch.zeros(0, dim))
+            self.register_buffer(f"proto_phi_{m}", torch.zeros(0))
+
+    # ---- stages ---------------------------------------------------------------------------
+    def stage(self, epoch: int | None = None) -> int:
+        """0: InfoNCE, 1: re-weighted InfoNCE, 2: re-weighted InfoNCE + ProtoNCE (its loss once prototypes exist)."""
+        e = int(self.epoch) if epoch is None else epoch
+        if self.n_clusters and self.proto_weight > 0 and e >= self.proto_start_epoch:
+            return 2
+        return 1 if e >= self.reweight_start_epoch else 0
+
+    def reweighting(self, epoch: int | None = None) -> bool:
+        e = int(self.epoch) if epoch is None else epoch
+        return e >= self.reweight_start_epoch
+
+    def has_prototypes(self) -> bool:
+        return int(self.proto_epoch) >= 0 and bool(self.n_clusters)
+
+    def clusterings(self) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """[(assignments [N], prototypes [k, D] unit rows, φ [k])] for each k in n_clusters."""
+        return [(getattr(self, f"proto_assign_{m}"), getattr(self, f"proto_centroids_{m}"),
+                 getattr(self, f"proto_phi_{m}")) for m in range(len(self.n_clusters))]
+
+    # ---- loss -----------------------------------------------------------------------------
+    def _c3_contrast(self, q: Tensor, k: Tensor, queue: Tensor, reweight: bool) -> tuple[Tensor, Tensor]:
+        pos, neg = cosines(q, k, queue)
+        logits = torch.cat([(pos - self.margin)[:, None], neg], dim=1) / self.temperature
+        if reweight:
+            pairs = false_negative_pairs(pos, neg, self.fn_ratio, self.fn_min_pos)
+            flagged = pairs.any(dim=1)
+            if self.filter_false_negatives:
+                logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(pairs, float("-inf"))], dim=1)
+            per_anchor = F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device),
+                                         reduction="none")
+            loss = reweighted_info_nce(per_anchor, flagged, self.tn_weight, self.fn_weight)
+        else:
+            flagged = torch.zeros(q.shape[0], dtype=torch.bool, device=q.device)
+            loss = F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+        with torch.no_grad():
+            stats = torch.stack([
+                pos.mean(), neg.mean(), (logits.argmax(dim=1) == 0).float().mean(), flagged.float().mean()])
+        return loss, stats
+
+    def _proto(self, q: Tensor, index: Tensor) -> Tensor:
+        losses = []
+        for assign, protos, phi in self.clusterings():
+            idx = index.to(assign.device).long()
+            if idx.numel() and int(idx.max()) >= assign.shape[0]:
+                raise ValueError(f"c3_moco: dataset index {int(idx.max())} beyond the {assign.shape[0]} clustered "
+                                 "utterances (was the training set changed after clustering?)")
+            losses.append(proto_nce(q, assign[idx], protos, phi))
+        return torch.stack(losses).mean()
+
+    def forward(self, feats: Tensor, labels: Tensor | None = None,
+                index: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """feats: [B, V≥2, n_mels, frames]; index: dataset indices [B] (needed once ProtoNCE is on)."""
+        if feats.dim() != 4 or feats.shape[1] < 2:
+            raise ValueError(f"c3_moco: feats must be [B, V>=2, n_mels, frames], got {tuple(feats.shape)}")
+        reweight = self.reweighting()
+        use_proto = self.stage() == 2 and self.has_prototypes()
+        if use_proto and index is None:
+            raise ValueError("c3_moco: ProtoNCE needs the batch's dataset `index`")
+        pairs = [(feats[:, 0], feats[:, 1])] + ([(feats[:, 1], feats[:, 0])] if self.symmetric else [])
+        queue = self.queue.clone()  # the queue is overwritten in place (enqueue) before backward needs it
+        losses, stats, proto_losses, new_keys = [], [], [], []
+        for xq, xk in pairs:
+            q = self.encode_queries(xq)
+            k, k_all = self.encode_keys(xk)
+            loss, s = self._c3_contrast(q, k, queue, reweight)
+            if use_proto:
+                lp = self._proto(q, index)
+                proto_losses.append(lp.detach())
+                loss = loss + self.proto_weight * lp
+            losses.append(loss)
+            stats.append(s)
+            new_keys.append(k_all)
+        if self.training:
+            self.enqueue(torch.cat(new_keys))
+        loss = torch.stack(losses).mean()
+        proto = torch.stack(proto_losses).mean() if proto_losses else torch.zeros((), device=loss.device)
+        values = torch.cat([loss.detach()[None], torch.stack(stats).mean(dim=0), proto[None]]).tolist()
+        logs = dict(zip(("loss", "pos_cos", "neg_cos", "top1", "fn_frac", "proto_loss"), values))
+        logs["stage"] = float(self.stage())
+        return loss, logs
+
+    # ---- clustering -----------------------------------------------------------------------
+    @torch.no_grad()
+    def update_prototypes(self, embeddings: Tensor, seed: int = 0) -> None:
+        """k-means of the [N, D] momentum embeddings for each k; stores assignments, unit prototypes and φ."""
+        x = F.normalize(embeddings.float(), dim=1)
+        device = self.queue.device
+        for m, k in enumerate(self.n_clusters):
+            if k > x.shape[0]:
+                log.warning("c3_moco: n_clusters %d > %d training utterances; using %d", k, x.shape[0], x.shape[0])
+                k = x.shape[0]
+            centroids, assign = kmeans(x, k, seed + m, n_iter=self.cluster_iters, backend=self.cluster_backend)
+            phi = concentration(x, centroids, assign, alpha=self.concentration_alpha,
+                                temperature=self.proto_temperature)
+            protos = F.normalize(centroids, dim=1)
+            protos, assign, phi = (broadcast(t.to(device).contiguous()) for t in (protos, assign, phi))
+            setattr(self, f"proto_assign_{m}", assign.long())
+            setattr(self, f"proto_centroids_{m}", protos.to(self.queue.dtype))
+            setattr(self, f"proto_phi_{m}", phi.float())
+
+    def on_epoch_end(self, epoch: int, context=None) -> None:
+        """Advance the stage counter; before ProtoNCE epochs, cluster the key encoder's embeddings of the training set."""
+        self.epoch.fill_(epoch + 1)
+        if self.stage(epoch + 1) != 2:
+            return
+        spe, total = getattr(context, "steps_per_epoch", None), getattr(context, "total_steps", None)
+        if isinstance(spe, int) and isinstance(total, int) and (epoch + 1) * spe >= total:
+            return  # the last epoch: no training left to use the prototypes
+        if context is None or not hasattr(context, "embed_training_set"):
+            raise ValueError("c3_moco: on_epoch_end needs the trainer (embed_training_set) to cluster")
+        key_model = nn.Sequential(self.key_encoder, self.key_projector)  # PCL: momentum features
+        emb = context.embed_training_set(key_model, crop_seconds=self.cluster_crop_seconds)
+        self.update_prototypes(emb, seed=int(self.shuffle_seed) + 7919 * (epoch + 1))
+        self.proto_epoch.fill_(epoch)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # prototypes depend on the data size and k: adopt the saved shapes
+        for m in range(len(self.n_clusters)):
+            for name in (f"proto_assign_{m}", f"proto_centroids_{m}", f"proto_phi_{m}"):
+                saved = state_dict.get(prefix + name)
+                own = getattr(self, name)
+                if saved is not None and saved.shape != own.shape:
+                    setattr(self, name, torch.empty(saved.shape, dtype=own.dtype, device=own.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

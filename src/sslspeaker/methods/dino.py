@@ -1,0 +1,249 @@
+"""DINO (Caron et al. 2021, "Emerging properties in self-supervised vision transformers") for speakers,
+as adapted by Chen et al. 2022 ("A comprehensive study on self-supervised distillation for speaker
+representation learning", the wespeaker DINO recipe) and used as the second stage of C3-DINO
+(Zhang & Yu 2022).
+
+A student (encoder + DINO head) and a teacher of the same structure (``key_encoder`` + ``key_head``,
+the name MoCo uses for its momentum copy, so that ``train.init_from`` also initialises the teacher)
+see segments of the same utterance. The teacher is an exponential moving average of the student,
+θ_t ← m·θ_t + (1−m)·θ_s, with m rising from ``momentum`` to ``momentum_final`` on a cosine over
+training. Multi-crop: the V global views (``feats``, e.g. 2 × 3–4 s) go through teacher and
+student, the local views (``local_feats``, e.g. 4 × 2 s, from ``data.n_local_views`` /
+``data.local_crop_seconds``) through the student only. For every pair (teacher view t, student
+view s ≠ t) the student's log-softmax(s/τ_s) is trained towards the teacher's softmax((t − C)/τ_t);
+C is an EMA of the mean teacher output (centering) and τ_t < τ_s sharpens — together they prevent
+collapse. τ_t warms up linearly over the first epochs, and the head's last layer is frozen
+(gradient zeroed) during the first ``freeze_last_layer`` epochs. ``center_momentum`` defaults to
+0.99 (this project's issue 5); DINO and the wespeaker recipe use 0.9. The head
+(``models.heads`` "dino") runs in float32, also under autocast.
+
+``inference_encoder`` (validation, and ``encoder.*`` in exported checkpoints) is the student;
+DINO papers usually report the teacher (``key_encoder``), which the checkpoint also holds.
+
+Logged every step, to watch for collapse: ``teacher_entropy`` (mean entropy of the teacher's
+distribution: → 0 when one prototype dominates, → log K when uniform), ``kl`` (mean KL(teacher ‖
+student) over the pairs: → 0 when the student just copies a collapsed teacher) and ``embed_std``
+(mean over dimensions of the batch std of the L2-normalised student embeddings: → 0 on collapse,
+≈ 1/√D for embeddings spread over the sphere).
+
+State (all in ``state_dict``): teacher weights, ``center``, ``epoch`` (drives τ_t and the
+last-layer freeze) and ``momentum_now`` (the EMA coefficient of the last update; the schedule
+itself is a function of the trainer's step).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..distributed import get_world_size
+from ..models.heads import build_head
+from .base import Method, momentum_update_
+from .registry import register_method
+
+__all__ = [
+    "DINO",
+    "center_update",
+    "dino_cross_entropy",
+    "teacher_momentum",
+    "teacher_temperature",
+]
+
+
+# ---- equations ----------------------------------------------------------------------------
+def teacher_momentum(step: int, total_steps: int, base: float = 0.996, final: float = 1.0) -> float:
+    """m(step) = final − (final − base)·(1 + cos(π·step/total))/2   (DINO: 0.996 → 1, cosine over training)."""
+    t = min(max(step, 0), max(total_steps, 1)) / max(total_steps, 1)
+    return final - (final - base) * (1.0 + math.cos(math.pi * t)) / 2.0
+
+
+def teacher_temperature(epoch: int, warmup_temp: float = 0.04, temp: float = 0.07, warmup_epochs: int = 30) -> float:
+    """τ_t(e) = linspace(warmup_temp, temp, warmup_epochs)[e] for e < warmup_epochs, else temp   (DINO)."""
+    if epoch >= warmup_epochs:
+        return temp
+    if warmup_epochs == 1:
+        return warmup_temp
+    return warmup_temp + (temp - warmup_temp) * epoch / (warmup_epochs - 1)
+
+
+def dino_cross_entropy(student: Tensor, teacher: Tensor, center: Tensor, teacher_temp: float,
+                       student_temp: float) -> Tensor:
+    """L = mean_{(t, s), s≠t} mean_b −Σ_k softmax((t_b − C)/τ_t)_k · log softmax(s_b/τ_s)_k   (DINO eq. 1, multi-crop).
+
+    student: [S, B, K] logits of S views (the first T are the teacher's views, in the same
+    order); teacher: [T, B, K]; center: [K] or [1, K]. Computed in float32.
+    """
+    S, B, _ = student.shape
+    T = teacher.shape[0]
+    if T > S or teacher.shape[1] != B:
+        raise ValueError(f"dino: teacher views {tuple(teacher.shape)} do not match student views {tuple(student.shape)}")
+    n_pairs = T * S - T
+    if n_pairs < 1:
+        raise ValueError("dino: need at least two views (one teacher view and another student view)")
+    with torch.autocast(device_type=student.device.type, enabled=False):
+        p_t = F.softmax((teacher.float() - center.float().reshape(1, 1, -1)) / teacher_temp, dim=-1)
+        log_p_s = F.log_softmax(student.float() / student_temp, dim=-1)
+        # Σ_t Σ_{s≠t} <p_t, log p_s> = <Σ_t p_t, Σ_s log p_s> − Σ_t <p_t, log p_t'>   (t' = student view t)
+        all_pairs = (p_t.sum(dim=0) * log_p_s.sum(dim=0)).sum()
+        same_view = (p_t * log_p_s[:T]).sum()
+        return -(all_pairs - same_view) / (n_pairs * B)
+
+
+def center_update(center: Tensor, batch_mean: Tensor, momentum: float) -> Tensor:
+    """C ← m·C + (1 − m)·mean_b t_b   (DINO eq. 4; the mean is over the teachers' outputs of all ranks)."""
+    return center * momentum + batch_mean.reshape(center.shape) * (1.0 - momentum)
+
+
+@torch.no_grad()
+def global_mean(x: Tensor) -> Tensor:
+    """Mean over rows of x across all ranks (all ranks hold the same number of rows): [1, K]."""
+    s = x.float().sum(dim=0, keepdim=True)
+    world = get_world_size()
+    if world > 1:
+        dist.all_reduce(s)
+    return s / (x.shape[0] * world)
+
+
+def _entropy(p: Tensor) -> Tensor:
+    """Mean over rows of −Σ_k p_k log p_k."""
+    return -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1).mean()
+
+
+# ---- method -------------------------------------------------------------------------------
+@register_method("dino")
+class DINO(Method):
+    """DINO: self-distillation to a momentum teacher over multi-crop segments, with centering and sharpening."""
+
+    wants = ("local_feats",)
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        head_bn: bool = False,
+        norm_last_layer: bool = True,
+        momentum: float = 0.996,
+        momentum_final: float = 1.0,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_epochs: int = 30,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.99,
+        freeze_last_layer: int = 1,
+    ) -> None:
+        super().__init__(encoder)
+        if not hasattr(encoder, "embed_dim"):
+            raise ValueError("dino: the encoder must have an `embed_dim` attribute")
+        if out_dim < 2 or teacher_temp <= 0 or warmup_teacher_temp <= 0 or student_temp <= 0:
+            raise ValueError("dino: need out_dim >= 2 and positive temperatures")
+        if not (0.0 <= momentum <= 1.0 and 0.0 <= momentum_final <= 1.0 and 0.0 <= center_momentum <= 1.0):
+            raise ValueError("dino: momentum, momentum_final and center_momentum must be in [0, 1]")
+        if warmup_teacher_temp_epochs < 0 or freeze_last_layer < 0:
+            raise ValueError("dino: warmup_teacher_temp_epochs and freeze_last_layer must be >= 0")
+        self.momentum_base, self.momentum_final = momentum, momentum_final
+        self.teacher_temp, self.warmup_teacher_temp = teacher_temp, warmup_teacher_temp
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.freeze_last_layer = freeze_last_layer
+
+        self.head = build_head("dino", int(encoder.embed_dim), out_dim=out_dim, hidden_dim=hidden_dim,
+                               bottleneck_dim=bottleneck_dim, norm_last_layer=norm_last_layer, use_bn=head_bn)
+        # the teacher: same weights at the start, never trained by gradients
+        self.key_encoder = copy.deepcopy(encoder)
+        self.key_head = copy.deepcopy(self.head)
+        for p in [*self.key_encoder.parameters(), *self.key_head.parameters()]:
+            p.requires_grad_(False)
+
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+        self.register_buffer("momentum_now", torch.tensor(float(momentum), dtype=torch.float64))
+        for p in self.head.last_layer.parameters():
+            if p.requires_grad:
+                p.register_hook(self._last_layer_grad)
+
+    # ---- schedules ------------------------------------------------------------------------
+    @property
+    def teacher_encoder(self) -> nn.Module:
+        return self.key_encoder
+
+    def current_teacher_temp(self) -> float:
+        return teacher_temperature(int(self.epoch), self.warmup_teacher_temp, self.teacher_temp,
+                                   self.warmup_teacher_temp_epochs)
+
+    def last_layer_frozen(self) -> bool:
+        return int(self.epoch) < self.freeze_last_layer
+
+    def _last_layer_grad(self, grad: Tensor) -> Tensor | None:
+        # DINO cancels the last layer's gradient in the first epoch(s); a zero (rather than absent)
+        # gradient keeps DDP's reducer and the optimizer's parameter set unchanged.
+        return torch.zeros_like(grad) if self.last_layer_frozen() else None
+
+    # ---- forward --------------------------------------------------------------------------
+    @staticmethod
+    def _views_first(x: Tensor) -> Tensor:
+        """[B, V, n_mels, frames] → [V·B, n_mels, frames], view-major (rows v·B … v·B + B − 1 are view v)."""
+        B, V = x.shape[:2]
+        return x.transpose(0, 1).reshape(V * B, *x.shape[2:])
+
+    @staticmethod
+    def _head(head: nn.Module, emb: Tensor) -> Tensor:
+        # float32 even under autocast: outputs are cosines in [-1, 1] divided by τ_t = 0.04, and a
+        # bf16 cosine (~3 digits) would put errors of ~0.1 on the teacher's logits
+        with torch.autocast(device_type=emb.device.type, enabled=False):
+            return head(emb.float())
+
+    def forward(self, feats: Tensor, labels: Tensor | None = None,
+                local_feats: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """feats: [B, V, n_mels, frames] global views; local_feats: [B, V_local, n_mels, frames_local] or None."""
+        if feats.dim() != 4:
+            raise ValueError(f"dino: feats must be [B, V, n_mels, frames], got {tuple(feats.shape)}")
+        B, V = feats.shape[:2]
+        n_local = 0 if local_feats is None else local_feats.shape[1]
+        if V + n_local < 2:
+            raise ValueError("dino: need at least two views in all (global + local)")
+        g = self._views_first(feats)
+        emb = self.encoder(g)
+        student = [self._head(self.head, emb)]
+        if n_local:
+            student.append(self._head(self.head, self.encoder(self._views_first(local_feats))))
+        with torch.no_grad():
+            teacher = self._head(self.key_head, self.key_encoder(g))
+        s = torch.cat(student).float().reshape(V + n_local, B, -1)
+        t = teacher.detach().float().reshape(V, B, -1)
+        tau_t = self.current_teacher_temp()
+        loss = dino_cross_entropy(s, t, self.center, tau_t, self.student_temp)
+        with torch.no_grad():
+            p_t = F.softmax((t - self.center) / tau_t, dim=-1)
+            h_t = _entropy(p_t)
+            # each teacher view is paired with the same number of student views, so the mean KL over
+            # pairs is the mean cross-entropy minus the mean teacher entropy
+            kl = loss.detach() - h_t
+            z = F.normalize(emb.detach().float(), dim=1)
+            embed_std = z.std(dim=0).mean() if z.shape[0] > 1 else torch.zeros((), device=z.device)
+            stats = torch.stack([loss.detach(), h_t, kl, embed_std])
+        if self.training:
+            self.center.copy_(center_update(self.center, global_mean(teacher), self.center_momentum))
+        values = stats.tolist()  # one device sync for all logs
+        logs = dict(zip(("loss", "teacher_entropy", "kl", "embed_std"), values))
+        logs.update(teacher_temp=tau_t, momentum=float(self.momentum_now))
+        return loss, logs
+
+    # ---- state updates --------------------------------------------------------------------
+    def after_step(self, step: int, total_steps: int) -> None:
+        """θ_t ← m·θ_t + (1−m)·θ_s with m = teacher_momentum(step, total_steps) (teacher encoder and head)."""
+        m = teacher_momentum(step, total_steps, self.momentum_base, self.momentum_final)
+        momentum_update_(self.key_encoder, self.encoder, m)
+        momentum_update_(self.key_head, self.head, m)
+        self.momentum_now.fill_(m)
+
+    def on_epoch_end(self, epoch: int, context=None) -> None:
+        """Advance the epoch counter that drives the teacher temperature and the last-layer freeze."""
+        self.epoch.fill_(epoch + 1)

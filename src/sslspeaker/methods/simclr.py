@@ -1,0 +1,92 @@
+"""SimCLR (Chen et al. 2020) for speakers, with NT-Xent-AM (Lepage & Dehak 2024).
+
+Two views (segments) of each utterance; a view's positive is the other view of its utterance,
+its negatives are the views of every other utterance in the batch, gathered from all ranks
+*with* gradients (``gather_with_grad``), so the DDP gradient equals the single-process gradient
+over the concatenated batch. Extra views (V > 2) are ignored.
+
+``symmetric`` (default, standard SimCLR; Lepage & Dehak's "symmetric" NT-Xent): both views are
+anchors and the negatives are all 2N−2 views of the other utterances. ``symmetric=False``: only
+view 0 is an anchor, contrasted with the N view-1 embeddings (N−1 negatives), as in the
+asymmetric NT-Xent those papers compare against. ``margin`` m > 0 subtracts m from the positive
+cosine before the temperature (NT-Xent-AM).
+
+Both views go through the encoder in one pass, so a positive pair and its negatives share the
+BN batch statistics (no MoCo-style leakage: nothing here is encoded in a different BN batch).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..distributed import gather_with_grad
+from ..models.heads import build_head
+from .base import Method
+from .losses import nt_xent_logits
+from .registry import register_method
+from .views import check_views, encode_views, local_offset
+
+
+def projection_head(name: str, in_dim: int, hidden: int, out_dim: int) -> nn.Module:
+    """``none`` | ``linear`` (→ out_dim) | ``mlp`` (Linear → BN → ReLU → Linear, hidden → out_dim)."""
+    if name == "none":
+        return build_head("none", in_dim)
+    if name == "linear":
+        return build_head("linear", in_dim, out_dim=out_dim)
+    if name == "mlp":
+        return build_head("mlp", in_dim, hidden_dim=hidden, out_dim=out_dim)
+    raise ValueError(f"projector must be 'none', 'linear' or 'mlp', got {name!r}")
+
+
+def embed_dim_of(name: str, encoder: nn.Module) -> int:
+    if not hasattr(encoder, "embed_dim"):
+        raise ValueError(f"{name}: the encoder must have an `embed_dim` attribute")
+    return int(encoder.embed_dim)
+
+
+@register_method("simclr")
+class SimCLR(Method):
+    """SimCLR: NT-Xent(-AM) between two segments of an utterance, in-batch negatives gathered from all ranks."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        temperature: float = 0.07,
+        margin: float = 0.0,
+        symmetric: bool = True,
+        projector: str = "none",
+        proj_hidden: int = 2048,
+        proj_dim: int = 256,
+    ) -> None:
+        super().__init__(encoder)
+        if temperature <= 0.0:
+            raise ValueError(f"simclr: temperature must be > 0, got {temperature}")
+        self.temperature, self.margin, self.symmetric = float(temperature), float(margin), bool(symmetric)
+        try:
+            self.projector = projection_head(projector, embed_dim_of("simclr", encoder), proj_hidden, proj_dim)
+        except ValueError as exc:
+            raise ValueError(f"simclr: {exc}") from None
+
+    def embed(self, feats: Tensor) -> Tensor:
+        """Unit embeddings of the first two views: [B, V, n_mels, frames] → [B, 2, D]."""
+        return encode_views(self.encoder, self.projector, feats[:, :2])
+
+    def forward(self, feats: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """feats: [B, V≥2, n_mels, frames]; returns (NT-Xent loss, logs)."""
+        check_views("simclr", feats, 2)
+        z = self.embed(feats)
+        z_all = gather_with_grad(z)
+        logits, target = nt_xent_logits(z, self.temperature, self.margin, self.symmetric, z_all,
+                                         local_offset(z.shape[0]))
+        loss = F.cross_entropy(logits, target)
+        with torch.no_grad():
+            rows = torch.arange(logits.shape[0], device=logits.device)
+            pos = logits[rows, target] * self.temperature + self.margin
+            neg_mask = torch.isfinite(logits)
+            neg_mask[rows, target] = False
+            neg = (logits * self.temperature).masked_fill(~neg_mask, 0.0).sum() / neg_mask.sum()
+            stats = torch.stack([loss.detach(), pos.mean(), neg, (logits.argmax(dim=1) == target).float().mean()])
+        return loss, dict(zip(("loss", "pos_cos", "neg_cos", "top1"), stats.tolist()))

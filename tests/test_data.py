@@ -231,3 +231,38 @@ def test_dataset_local_views_and_labelled_fraction(tmp_path):
     kept = {entries[i].speaker for i in range(8) if labels[i] >= 0}
     assert len(kept) == 2  # half of the 4 speakers keep their labels; the rest read -1
     assert collate([ds[(0, i)] for i in range(2)])["local"].shape == (2, 3, 6400)
+
+
+def test_prepare_voxceleb2_needs_ffmpeg(tmp_path, monkeypatch):
+    (tmp_path / "vox2" / "dev" / "aac" / "id00012" / "vid").mkdir(parents=True)
+    (tmp_path / "vox2" / "dev" / "aac" / "id00012" / "vid" / "00001.m4a").write_bytes(b"\0" * 100)
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    with pytest.raises(SystemExit, match="install ffmpeg"):
+        prepare("voxceleb2", tmp_path / "vox2", tmp_path / "out", progress=False)
+
+
+def test_prepare_voxceleb2_converts_with_ffmpeg(tmp_path, monkeypatch):
+    """With an ffmpeg on PATH, m4a files are converted to 16-kHz mono FLAC under --out/audio."""
+    import sys
+
+    src = tmp_path / "vox2" / "dev" / "aac"
+    for spk in ("id00012", "id00015"):
+        wav = tmp_path / "stand-in.wav"
+        write_audio(wav, seconds=1.0, channels=2, sr=22050)
+        (src / spk / "vid").mkdir(parents=True)
+        (src / spk / "vid" / "00001.m4a").write_bytes(wav.read_bytes())  # a WAV in disguise
+    fake = tmp_path / "bin" / "ffmpeg"  # stands in for ffmpeg: reads -i SRC, writes the last arg
+    fake.parent.mkdir()
+    fake.write_text(f"""#!{sys.executable}
+import sys, soundfile as sf, soxr
+args = sys.argv[1:]
+x, sr = sf.read(args[args.index("-i") + 1])
+sf.write(args[-1], soxr.resample(x.mean(axis=1), sr, int(args[args.index("-ar") + 1])), 16000)
+""")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{__import__('os').environ['PATH']}")
+    s = prepare("voxceleb2", tmp_path / "vox2", tmp_path / "out", progress=False)
+    assert s["kept"] == 2 and s["speakers"] == 2
+    entries = read_manifest(tmp_path / "out" / "manifest.csv")
+    assert all(e.path.startswith(str(tmp_path / "out" / "audio")) and e.path.endswith(".flac") for e in entries)
+    assert sf.info(entries[0].path).samplerate == 16000 and sf.info(entries[0].path).channels == 1

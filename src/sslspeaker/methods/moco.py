@@ -1,4 +1,4 @@
-"""MoCo (He et al. 2020) for speakers as in MoCoVox (Xia et al. 2021).
+"""MoCo (He et al. 2020) for speakers as in MoCoVox (Lee, Koh & Yoon 2020).
 
 View 0 of each utterance is the query, view 1 its positive key (another segment of the same
 utterance); the negatives are a FIFO queue of keys from earlier batches, all encoded by a

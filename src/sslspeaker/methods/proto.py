@@ -1,4 +1,4 @@
-"""Prototypical (P) and angular prototypical (AP) pretext tasks (MoCoVox, Xia et al. 2021,
+"""Prototypical (P) and angular prototypical (AP) pretext tasks (MoCoVox, Lee, Koh & Yoon 2020,
 Table 2; losses of Chung et al. 2020, "In defence of metric learning for speaker recognition").
 
 Each utterance of the batch is its own class with M = V ≥ 2 segments: the query is segment 0,

@@ -1,5 +1,5 @@
 """Fast ResNet-34 ("ResNetSE34L", Chung et al. 2020, "In defence of metric learning for
-speaker recognition"), with the 256-d embedding used by MoCoVox (Xia et al. 2021).
+speaker recognition"), with the 256-d embedding used by MoCoVox (Lee, Koh & Yoon 2020).
 
 Architecture (from the papers): log-mel [n_mels, T] as a 1-channel image; 7x7 conv, 16 ch,
 stride (2, 1); four stages of squeeze-excitation basic blocks, [3, 4, 6, 3] blocks with

@@ -1,0 +1,57 @@
+"""Package a development run as the default model shipped inside sslspeaker.
+
+Exports RUN_DIR's encoder to ``src/sslspeaker/pretrained/default.safetensors`` with its
+decision threshold set to the EER threshold on the speechocean762 dev trials (full-utterance
+cosine), and records in BENCHMARKS.md how the model was trained (recipe, steps, budget,
+commit of the training run) and its dev EER/minDCF.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _record import record, table  # noqa: E402
+
+from sslspeaker.evaluation.evaluate import evaluate  # noqa: E402
+from sslspeaker.inference.model import default_model_path, export_model  # noqa: E402
+from sslspeaker.paths import data_root  # noqa: E402
+from sslspeaker.training.checkpoint import load_checkpoint  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "dev_protocol.jsonl"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("run_dir", help="a finished development run, e.g. runs/dev/moco_30min")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    so = data_root(required=True) / "speechocean762"
+    trials = so / "protocol" / "dev_trials.txt"
+    res = evaluate(args.run_dir, trials, so, protocol="full", cache=False, progress=False)
+    ckpt = load_checkpoint(Path(args.run_dir) / "checkpoints" / "last.pt")
+    source = (f"dev EER threshold on speechocean762/protocol/dev_trials.txt (sha256 {res['trials']['sha256'][:12]}, "
+              "full-utterance cosine)")
+    out = export_model(args.run_dir, default_model_path(), threshold=res["eer_threshold"], threshold_source=source)
+    label = Path(args.run_dir).name
+    run_row = next((json.loads(l) for l in open(RESULTS) if json.loads(l)["run"] == label), {}) if RESULTS.exists() else {}
+    row = {"model": "default.safetensors", "trained from run": label, "recipe": run_row.get("recipe", "?"),
+           "steps": ckpt["position"]["step"], "epochs": ckpt["position"]["epoch"],
+           "training minutes": run_row.get("minutes", "?"), "dev EER %": round(res["eer"], 2),
+           "dev minDCF0.01": round(res["min_dcf_0.01"], 3), "threshold": round(res["eer_threshold"], 4),
+           "size MB": round(out.stat().st_size / 2**20, 1)}
+    print(json.dumps(row))
+    if args.no_record:
+        return
+    body = table([row], list(row))
+    body += ("\n\nThe model bundled as `sslspeaker/pretrained/default.safetensors` (used by `evaluate`, `embed` and "
+             "`verify` when no `--model` is given). Trained self-supervised (no labels) with the development "
+             "recipe on `speechocean762/protocol/train.csv` + the LibriSpeech clips, never the dev speakers; the "
+             "training command and commit are in the development-protocol section's row of the same name. Its "
+             "threshold is the dev-trial EER threshold.")
+    record("default_model", "The default model shipped in the package", body)
+
+
+if __name__ == "__main__":
+    main()

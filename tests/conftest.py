@@ -1,8 +1,35 @@
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+from torch import nn
 
+from sslspeaker.models.registry import register_encoder
 from sslspeaker.paths import data_root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # Tiny tensors on a 2-core machine: intra-op threads only add contention (often 10x slower).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@register_encoder("tiny_test")
+class TinyEncoder(nn.Module):
+    """Encoder interface stand-in: [B, n_mels, frames] -> [B, embed_dim]; BatchNorm makes batch-mates interact."""
+
+    def __init__(self, n_mels: int = 6, channels: int = 12, embed_dim: int = 8) -> None:
+        super().__init__()
+        self.n_mels, self.embed_dim = n_mels, embed_dim
+        self.conv = nn.Conv1d(n_mels, channels, 3, padding=1)
+        self.bn = nn.BatchNorm1d(channels)
+        self.fc = nn.Linear(channels, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=-1))
 
 
 def write_audio(path, seconds=1.0, sr=16000, channels=1, freq=220.0, amplitude=0.3, subtype="PCM_16"):

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import TinyEncoder
 from sslspeaker.methods import build_method, list_methods
 from sslspeaker.methods.losses import (aam_softmax_logits, am_softmax_logits, angular_prototypical_logits, info_nce,
                                        nt_xent, prototypical_logits, supcon)
@@ -26,26 +28,6 @@ OPTIONS = {"softmax": {"n_classes": 5}, "amsoftmax": {"n_classes": 5}, "aamsoftm
            "aamsupcon": {"n_classes": 5}, "moco_supcon": {"queue_size": 32}, "moco": {"queue_size": 32}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class TinyEncoder(nn.Module):
-    """Encoder interface stand-in: [B, n_mels, frames] → [B, embed_dim]; BatchNorm makes batch-mates interact."""
-
-    def __init__(self, n_mels: int = N_MELS, channels: int = 12, embed_dim: int = DIM) -> None:
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.conv = nn.Conv1d(n_mels, channels, 3, padding=1)
-        self.bn = nn.BatchNorm1d(channels)
-        self.fc = nn.Linear(channels, embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=-1))
 
 
 def feats(batch: int, views: int = 2, seed: int = 1) -> torch.Tensor:

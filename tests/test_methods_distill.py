@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import TinyEncoder
 from sslspeaker.methods import build_method
 from sslspeaker.methods import c3 as c3_module  # noqa: F401  (registers "c3_moco")
 from sslspeaker.methods import dino as dino_module  # noqa: F401  (registers "dino")
@@ -24,26 +26,6 @@ N_MELS, FRAMES, LOCAL_FRAMES, DIM = 6, 10, 7, 8
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class TinyEncoder(nn.Module):
-    """[B, n_mels, frames] → [B, embed_dim]; BatchNorm makes batch-mates interact."""
-
-    def __init__(self, n_mels: int = N_MELS, channels: int = 12, embed_dim: int = DIM) -> None:
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.conv = nn.Conv1d(n_mels, channels, 3, padding=1)
-        self.bn = nn.BatchNorm1d(channels)
-        self.fc = nn.Linear(channels, embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=-1))
 
 
 def feats(batch: int, views: int = 2, frames: int = FRAMES, seed: int = 1) -> torch.Tensor:
@@ -498,20 +480,8 @@ def test_recipes_load_and_build(name, tmp_path, monkeypatch):
 
 
 # =============================== with the trainer ==========================================
-from sslspeaker.models.registry import register_encoder  # noqa: E402
 
 
-@register_encoder("tiny_distill_test")
-class TinyTrainEncoder(nn.Module):
-    def __init__(self, n_mels=40, embed_dim=16):
-        super().__init__()
-        self.n_mels, self.embed_dim = n_mels, embed_dim
-        self.conv = nn.Conv1d(n_mels, 32, 3, padding=1)
-        self.bn = nn.BatchNorm1d(32)
-        self.fc = nn.Linear(32, embed_dim)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.bn(self.conv(x))).mean(-1))
 
 
 @pytest.fixture(scope="module")
@@ -534,7 +504,7 @@ def _trainer_cfg(corpus, method: str, options: str, *extra):
 
     return load_config(None, [
         f"data.train={corpus / 'train.csv'}", "data.crop_seconds=0.5", "data.workers=0",
-        "model.encoder=tiny_distill_test", f"method.name={method}", f"method.options={options}",
+        "model.encoder=tiny_test", f"method.name={method}", f"method.options={options}",
         "train.batch_size=4", "train.epochs=3", "train.checkpoint_every=1", "train.log_every=1",
         "train.threads=1", "optim.lr=0.05", *extra])
 

@@ -7,9 +7,11 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+import torch.nn.functional as F
+
+
+from conftest import TinyEncoder
 from sslspeaker.methods import MoCo, build_method, list_methods
 from sslspeaker.methods.losses import contrastive_logits, info_nce
 from sslspeaker.methods.moco import shuffle_permutation
@@ -17,27 +19,6 @@ from sslspeaker.methods.moco import shuffle_permutation
 N_MELS, FRAMES, DIM = 6, 10, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors on a shared 2-core machine: intra-op threads only add contention (10x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class TinyEncoder(nn.Module):
-    """Encoder interface stand-in: [B, n_mels, frames] → [B, embed_dim]; BatchNorm makes batch-mates interact."""
-
-    def __init__(self, n_mels: int = N_MELS, channels: int = 12, embed_dim: int = DIM) -> None:
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.conv = nn.Conv1d(n_mels, channels, 3, padding=1)
-        self.bn = nn.BatchNorm1d(channels)
-        self.fc = nn.Linear(channels, embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=-1))
 
 
 def make_moco(seed: int = 0, **options) -> MoCo:

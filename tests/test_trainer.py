@@ -6,29 +6,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from conftest import write_audio
 from sslspeaker.config import ConfigError, load_config
 from sslspeaker.data.manifest import Entry, write_manifest
-from sslspeaker.models.registry import register_encoder
 from sslspeaker.training.checkpoint import load_checkpoint
 from sslspeaker.training.trainer import CHECKPOINT, Trainer, TrainingStopped
 
 
-@register_encoder("tiny_test")
-class TinyEncoder(nn.Module):
-    """Conv1d + BN + mean pooling: enough to exercise every trainer path quickly."""
-
-    def __init__(self, n_mels=40, embed_dim=16):
-        super().__init__()
-        self.n_mels, self.embed_dim = n_mels, embed_dim
-        self.conv = nn.Conv1d(n_mels, 32, 3, padding=1)
-        self.bn = nn.BatchNorm1d(32)
-        self.fc = nn.Linear(32, embed_dim)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.bn(self.conv(x))).mean(-1))
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +35,8 @@ def corpus(tmp_path_factory):
 def make_cfg(corpus, *extra):
     return load_config(None, [
         f"data.train={corpus / 'train.csv'}", "data.crop_seconds=0.5", "data.workers=0",
-        "model.encoder=tiny_test", "method.options={queue_size: 64}", "train.batch_size=4", "train.epochs=3",
+        "model.encoder=tiny_test", "model.options={channels: 32, embed_dim: 16}", "method.options={queue_size: 64}",
+        "train.batch_size=4", "train.epochs=3",
         "train.checkpoint_every=1", "train.log_every=1", "train.threads=1", "optim.lr=0.05",
         "augment.mode=N|R", f"augment.noise=[{corpus / 'noise'}]", f"augment.rir=[{corpus / 'rir'}]", *extra])
 

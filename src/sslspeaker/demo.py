@@ -427,15 +427,23 @@ def run_demo(out: str | os.PathLike = "sslspeaker-demo", data: str | os.PathLike
 
     say("")
     say(f"Speaker verification on {len(test_spk)} speakers never seen in training "
-        f"({len(trials)} trials, cosine scoring, no labels used in training):")
-    say(_table([("untrained (same net, random init)", r0), (f"trained ({result['step']} steps, "
-               f"{result['minutes']:.1f} min)", r1)]))
+        f"({len(trials)} trials, cosine scoring; no labels used in training):")
+    say(_table([("untrained (same net, random init)", r0),
+                (f"trained ({result['step']} steps, {result['minutes']:.1f} min)", r1)]))
+    if report["eer_reduction"] is not None:
+        change = report["eer_reduction"]
+        say(f"EER {r0['eer']:.1f} % -> {r1['eer']:.1f} % " + (f"({100 * change:.0f} % lower)" if change >= 0 else
+                                                            "(higher: this run did not learn; try more --minutes)"))
     say("")
-    say(f"report:  {_rel(out / 'report.json')}  (per model: results_untrained.json, results_trained.json)")
-    say(f"plots:   {_rel(r1['plots']['scores'])}, {_rel(r1['plots']['det'])} (and *_untrained_*.png)")
-    say(f"model:   {_rel(model_path)}  (threshold {threshold:.4f} = EER threshold on these test trials)")
+    say(f"report:  {_rel(out / 'report.json')}  (full results: {_rel(out / 'results_untrained.json')}, "
+        f"{_rel(out / 'results_trained.json')})")
+    say(f"plots:   score distributions {_rel(r0['plots']['scores'])}, {_rel(r1['plots']['scores'])}")
+    say(f"         DET curves          {_rel(r0['plots']['det'])}, {_rel(r1['plots']['det'])}")
+    say(f"model:   {_rel(model_path)}  (threshold {threshold:.4f}: the EER threshold of these test trials, "
+        "so optimistic on them)")
     say(f"try:     {verify_cmd}")
-    say(f"total {timings['total_s'] / 60:.1f} min")
+    say(f"done in {timings['total_s'] / 60:.1f} min (data {timings['data_s']:.0f} s, training "
+        f"{timings['train_s']:.0f} s, evaluation {timings['eval_untrained_s'] + timings['eval_trained_s']:.0f} s)")
     return report
 
 

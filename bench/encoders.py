@@ -66,7 +66,8 @@ def worker(key: str, mode: str, steps: int, warmup: int) -> dict:
             enc.zero_grad(set_to_none=True)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
-        return {"examples/s": BATCH * steps / sum(times), "memory_mb": rss_mb() - base}
+        # median step: robust to one step disturbed by other work on a shared machine
+        return {"examples/s": BATCH / statistics.median(times), "memory_mb": rss_mb() - base}
     # inference: full 10-s utterance through the front end and the encoder
     from sslspeaker.data.synth import make_voice, synthesize
 
@@ -146,7 +147,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     body = table(rows, list(rows[0]))
     body += (f"\n\nTraining: encoder forward + backward only, batch {BATCH} x {FRAMES} frames (2-s crops), "
-             f"{args.steps} timed steps after {args.warmup} warm-up; bf16 = autocast (pooling and embedding "
+             f"median of {args.steps} timed steps after {args.warmup} warm-up; bf16 = autocast (pooling and embedding "
              f"layer stay fp32), channels-last for the 2-D nets. Inference: one {UTT_SECONDS:.0f}-s utterance, "
              "log-mel (instance norm) + encoder, fp32, median of the repeats; RTF = seconds of audio per second "
              "of compute. Peak MB = peak RSS minus the RSS after imports, each measurement in its own process. "

@@ -336,3 +336,19 @@ def test_model_file_pins_encoder_defaults(model_path, wave, monkeypatch):
         build_encoder("fast_resnet34").load_state_dict(SpeakerEncoder.load(model_path).encoder.state_dict())
     # ...but not a model file, which stored every argument
     np.testing.assert_allclose(SpeakerEncoder.load(model_path).embed(wave), before, atol=1e-6)
+
+
+def test_bundled_default_model_loads_and_verifies(tmp_path):
+    """The package ships a default model with a dev threshold; `verify` without --model uses it."""
+    from sslspeaker.inference import default_model_path
+
+    if not default_model_path().is_file():
+        pytest.fail(f"the default model is missing from the package: {default_model_path()}")
+    enc = SpeakerEncoder.load(default_model_path())
+    assert enc.threshold is not None and "dev EER threshold" in enc.threshold_source
+    t = np.arange(32000) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    v = enc.embed(wave)
+    assert v.shape == (256,) and abs(float(np.linalg.norm(v)) - 1.0) < 1e-5
+    score, same = enc.verify(wave, wave)
+    assert score > 0.999 and same

@@ -109,7 +109,13 @@ class Trainer:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False)
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        if t.compile:
+            # Compile the encoders in place (state_dict keys unchanged), not the method: its queue
+            # and momentum updates are in-place bookkeeping that graph capture would reorder.
+            for name in ("encoder", "key_encoder"):
+                if isinstance(getattr(self.method, name, None), torch.nn.Module):
+                    getattr(self.method, name).compile()
+        self.forward = self.model
         self.optimizer = build_optimizer(cfg, self.method.parameters())
         self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")

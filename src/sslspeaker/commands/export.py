@@ -33,6 +33,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"model -> {path}" + (f" (threshold {threshold:.4f})" if threshold is not None else " (no threshold)"))
+    if args.onnx:
+        try:
+            from ..inference.onnx_export import export_onnx
+
+            onnx_path = export_onnx(path, args.onnx, include_features=not args.onnx_features_in)
+        except ImportError as exc:
+            print(f"error: --onnx needs the export extra: pip install 'sslspeaker[export]' ({exc})", file=sys.stderr)
+            return 2
+        print(f"onnx -> {onnx_path} (input: {'log-mel features' if args.onnx_features_in else 'waveform'} [B, T])")
     return 0
 
 
@@ -47,4 +56,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--onnx", help="also write an ONNX graph (dynamic batch and time) to this path")
+    p.add_argument("--onnx-features-in", action="store_true",
+                   help="the ONNX graph takes log-mel features [B, n_mels, frames] instead of a waveform")
     p.set_defaults(func=run)

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import Config, ConfigError, config_from_dict, parse_overrides
+from .config import Config, ConfigError, _merge, config_from_dict, parse_overrides
 
 RECIPE = "demo.yaml"
 REQUIRED_KEYS = ("eer", "eer_threshold", "min_dcf_0.01")
@@ -65,13 +65,6 @@ class DemoSettings:
 def recipe_text() -> str:
     """The packaged demo recipe (``sslspeaker/configs/demo.yaml``)."""
     return resources.files("sslspeaker").joinpath("configs", RECIPE).read_text()
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _settings(values: dict) -> DemoSettings:

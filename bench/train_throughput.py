@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _record import record, table  # noqa: E402
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -26,10 +27,15 @@ RECIPE = Path(__file__).resolve().parents[1] / "configs" / "moco_speechocean762.
 
 
 class Precomputed(torch.utils.data.Dataset):
-    """The trainer's own items, computed once and then served from memory."""
+    """The trainer's own items (augmented, wherever the recipe augments), computed once and then
+    served from memory."""
 
-    def __init__(self, ds, n: int):
+    def __init__(self, ds, n: int, augmenter=None):
         self.items = [ds[(0, i)] for i in range(n)]
+        if augmenter is not None:  # the recipe augments on the device: do it here, once
+            rng = np.random.default_rng(0)
+            for it in self.items:
+                it["wave"] = augmenter.augment_views(it["wave"][None], rng)[0]
         self.n = len(ds)
 
     def __len__(self):
@@ -50,28 +56,70 @@ def step_flops(trainer: Trainer, batch: int) -> float:
     return counter.get_total_flops()
 
 
-def measure(overrides: list[str], steps: int, warmup: int, precomputed: bool = False) -> dict:
-    cfg = load_config(RECIPE, overrides)
+def make_trainer(overrides: list[str], out: str, precomputed: bool = False) -> Trainer:
+    trainer = Trainer(load_config(RECIPE, overrides), out)
+    if precomputed:
+        on_device = trainer.cfg.augment.on_device
+        trainer.dataset = Precomputed(trainer.dataset, trainer.cfg.train.batch_size * 4,
+                                      trainer.augmenter if on_device else None)
+        trainer.cfg.data.workers = 0
+        trainer.cfg.augment.on_device = False
+    return trainer
+
+
+def timed_steps(trainer: Trainer, steps: int) -> float:
+    t0 = time.perf_counter()
+    trainer.train(stop_after_steps=trainer.step + steps)
+    return time.perf_counter() - t0
+
+
+def rates(trainer: Trainer, flops: float, steps: int, elapsed: float) -> dict:
+    b = trainer.cfg.train.batch_size
+    return {"examples/s": round(steps * b / elapsed, 1), "GFLOP/s": round(flops * steps / elapsed / 1e9, 1),
+            "GFLOP/example": round(flops / b / 1e9, 2)}
+
+
+def measure(overrides: list[str], steps: int, warmup: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(cfg, out)
-        flops = step_flops(trainer, cfg.train.batch_size)
-        if precomputed:
-            trainer.dataset = Precomputed(trainer.dataset, cfg.train.batch_size * 4)
-            trainer.cfg.data.workers = 0
-        trainer.train(stop_after_steps=warmup)  # start-up, compile, allocator warm-up
-        t0 = time.perf_counter()
-        trainer.train(stop_after_steps=warmup + steps)
-        elapsed = time.perf_counter() - t0
-    rate = steps * cfg.train.batch_size / elapsed
-    return {"examples/s": round(rate, 1), "GFLOP/s": round(flops * steps / elapsed / 1e9, 1),
-            "GFLOP/example": round(flops / cfg.train.batch_size / 1e9, 2)}
+        trainer = make_trainer(overrides, out)
+        flops = step_flops(trainer, trainer.cfg.train.batch_size)
+        timed_steps(trainer, warmup)  # start-up, audio cache, compile, allocator warm-up
+        return rates(trainer, flops, steps, timed_steps(trainer, steps))
+
+
+def measure_ratio(overrides: list[str], rounds: int, steps: int, warmup: int) -> tuple[dict, dict, list[float]]:
+    """On-the-fly vs pre-computed data, alternating blocks of ``steps`` so that the machine's
+    speed drifts (this VM's matmul rate wanders by +-30 % within a minute) hit both alike;
+    the ratio is the median over rounds."""
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        live, pre = make_trainer(overrides, a), make_trainer(overrides, b, precomputed=True)
+        flops = step_flops(live, live.cfg.train.batch_size)
+        timed_steps(live, warmup), timed_steps(pre, warmup)
+        t_live, t_pre = [], []
+        for _ in range(rounds):
+            t_live.append(timed_steps(live, steps))
+            t_pre.append(timed_steps(pre, steps))
+    ratios = sorted(p / q for p, q in zip(t_pre, t_live))
+    return (rates(live, flops, steps * rounds, sum(t_live)), rates(pre, flops, steps * rounds, sum(t_pre)),
+            ratios)
+
+
+DATA_PATHS = {  # how the on-the-fly data reaches the trainer
+    "worker_disk": ("1 worker process, crops read from disk", ["data.workers=1", "data.cache_gb=0"]),
+    "worker_cache": ("1 worker process, decoded audio in memory", ["data.workers=1"]),
+    "main_cache": ("training process, per item, audio in memory", ["data.workers=0"]),
+    "main_batched": ("training process, batched augmentation, audio in memory",
+                     ["data.workers=0", "augment.on_device=true"]),
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4, help="alternating on-the-fly/pre-computed blocks per data path")
     ap.add_argument("--levers", default="fp32,cl,cl_bf16,cl_bf16_compile")
+    ap.add_argument("--data-paths", default=",".join(DATA_PATHS))
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     base = ["train.batch_size=64", "data.crop_seconds=1.8", "features.n_mels=40", "train.threads=2",
@@ -85,23 +133,35 @@ def main() -> None:
     names = {"fp32": "fp32, default layout", "cl": "fp32, channels-last", "cl_bf16": "bf16 autocast, channels-last",
              "cl_bf16_compile": "bf16, channels-last, torch.compile"}
     rows = []
-    chosen = args.levers.split(",")
+    chosen = [k for k in args.levers.split(",") if k]
     for key in chosen:
         r = measure(base + levers[key], args.steps, args.warmup)
-        rows.append({"setting": names[key], "data": "on the fly (N\\|R, 1 worker)", **r})
+        rows.append({"setting": names[key], **r})
         print(rows[-1], flush=True)
-    best = max(zip(chosen, rows), key=lambda kr: kr[1]["examples/s"])[0]
-    r = measure(base + levers[best], args.steps, args.warmup, precomputed=True)
-    rows.append({"setting": names[best], "data": "pre-computed tensors", **r})
-    print(rows[-1], flush=True)
-    ratio = rows[chosen.index(best)]["examples/s"] / r["examples/s"]
-    body = table(rows, ["setting", "data", "examples/s", "GFLOP/s", "GFLOP/example"])
-    body += (f"\n\nMoCo + Fast ResNet-34 (256-d), batch 64, two 1.8-s crops, 40 log-mel bands, the development "
-             f"recipe's N|R augmentation in a DataLoader worker; {args.steps} timed steps after {args.warmup} "
-             f"warm-up steps. On-the-fly data reaches {100 * ratio:.0f} % of the pre-computed-tensor throughput "
-             "(target >= 90 %). Peer reference (issue 3): sslsv MoCo 22.3 examples/s, about 80 GFLOP/s; sslsv "
-             "cannot run here (its PyPI release needs torchaudio, which has no CPU build on this machine), so "
-             "the ratio is taken against that reference figure.")
+    best = max(zip(chosen, rows), key=lambda kr: kr[1]["examples/s"])[0] if chosen else "cl_bf16"
+    data_rows = []
+    for key in [k for k in args.data_paths.split(",") if k]:
+        live, pre, ratios = measure_ratio(base + levers[best] + DATA_PATHS[key][1], args.rounds, args.steps,
+                                          args.warmup)
+        data_rows.append({"data path": DATA_PATHS[key][0], "on the fly, examples/s": live["examples/s"],
+                          "pre-computed, examples/s": pre["examples/s"],
+                          "ratio (median of rounds)": f"{100 * ratios[len(ratios) // 2]:.0f} %",
+                          "ratio range": f"{100 * ratios[0]:.0f}-{100 * ratios[-1]:.0f} %"})
+        print(data_rows[-1], flush=True)
+    body = ""
+    if rows:
+        body += table(rows, ["setting", "examples/s", "GFLOP/s", "GFLOP/example"])
+        body += (f"\n\nMoCo + Fast ResNet-34 (256-d), batch 64, two 1.8-s crops, 40 log-mel bands, the development "
+                 f"recipe's N|R augmentation and data path; {args.steps} timed steps after {args.warmup} warm-up "
+                 "steps. Peer reference (issue 3): sslsv MoCo 22.3 examples/s, about 80 GFLOP/s; sslsv cannot run "
+                 "here (its PyPI release needs torchaudio, which has no CPU build on this machine), so the "
+                 "comparison is with that reference figure.\n\n")
+    if data_rows:
+        body += table(data_rows, list(data_rows[0]))
+        body += (f"\n\nData path vs the same training fed from pre-computed tensors ({names[best]}; target >= 90 %): "
+                 f"{args.rounds} rounds alternating {args.steps} on-the-fly steps with {args.steps} pre-computed "
+                 "steps, because this VM's speed drifts by +-30 % within a minute; the ratio is the median of "
+                 "the per-round ratios. Training pool: speechocean762 FLAC + LibriSpeech Opus clips.")
     if not args.no_record:
         record("train_throughput", "Training throughput, MoCo + Fast ResNet-34 (2 CPU cores)", body)
     else:

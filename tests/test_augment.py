@@ -343,6 +343,19 @@ def test_views_keep_dtype_and_batch_math_matches_per_view(banks):
     assert aug.augment_views(x.to(torch.bfloat16)).dtype == torch.bfloat16
 
 
+def test_cached_rir_spectra_match_direct_convolution(banks):
+    aug = Augmenter(noise_bank=banks[0], rir_bank=banks[1], mode="reverb")
+    x = views(b=3, v=2).reshape(6, -1)
+    augs = [aug.draw(x.shape[-1], np.random.default_rng(i)) for i in range(6)]
+    assert all(a.rir_index is not None for a in augs)
+    banks[1]._spectra.clear()
+    expected = torch.stack([reverberate(x[i], torch.from_numpy(a.rir)) for i, a in enumerate(augs)])
+    torch.testing.assert_close(aug.apply(x, augs), expected, atol=1e-5, rtol=1e-5)
+    assert len(banks[1]._spectra) == 1  # one FFT size for one crop length, computed once
+    aug.apply(x, augs)
+    assert len(banks[1]._spectra) == 1
+
+
 def test_clear_errors(banks):
     with pytest.raises(ValueError, match="mode='noise'.*noise_bank"):
         Augmenter(mode="noise")

@@ -187,6 +187,27 @@ def test_dataset_deterministic_and_skips_bad_files(tmp_path, caplog):
     assert batch["wave"].shape == (3, 2, 8000) and batch["label"].tolist() == [0, 1, 0]
 
 
+def test_dataset_memory_cache_gives_the_same_crops(tmp_path, monkeypatch):
+    entries = []
+    for i, sec in enumerate([0.4, 1.0, 1.5, 2.5]):  # 0.4 s: shorter than a crop, padded by repetition
+        write_audio(tmp_path / f"u{i}.wav", seconds=sec, freq=120.0 + 40 * i)
+        entries.append(Entry(str(tmp_path / f"u{i}.wav"), None, sec))
+    disk = SegmentDataset(entries, crop_seconds=0.5, n_views=3, seed=5, local_crop_seconds=0.25, n_local_views=2)
+    mem = SegmentDataset(entries, crop_seconds=0.5, n_views=3, seed=5, local_crop_seconds=0.25, n_local_views=2,
+                         cache_bytes=1e6)
+    assert mem.cache.enabled and not disk.cache.enabled
+    keys = [(e, i) for e in range(3) for i in range(4)]
+    for k in keys:  # 16-bit sources: the cache is bit-exact with partial reads
+        a, b = disk[k], mem[k]
+        assert torch.equal(a["wave"], b["wave"]) and torch.equal(a["local"], b["local"])
+    assert len(mem.cache) == 4
+    import sslspeaker.data.cache as cache_mod
+    monkeypatch.setattr(cache_mod, "read_audio", lambda *a, **k: pytest.fail("cached utterance read again"))
+    assert torch.equal(mem[(7, 2)]["wave"], disk[(7, 2)]["wave"])
+    # a set over budget reads from disk
+    assert not SegmentDataset(entries, crop_seconds=0.5, cache_bytes=1000).cache.enabled
+
+
 def test_sampler_shards_and_resumes():
     full = EpochBatchSampler(20, 3, seed=1)
     full.set_position(2)

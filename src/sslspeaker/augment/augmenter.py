@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .noise import NoiseBank, combine_sources, mix_at_snr
-from .reverb import RirBank, reverberate
+from .reverb import RirBank, convolve_spectrum, fft_length, reverberate
 
 MODES = ("none", "noise", "reverb", "N|R")
 APPLY_TO = ("both", "one", "second")
@@ -62,6 +62,7 @@ class ViewAug:
     sources: list[np.ndarray] = field(default_factory=list)  # one per noise file (babble: 3–7)
     snr_db: list[float] = field(default_factory=list)  # one per source, relative to the speech
     rir: np.ndarray | None = None
+    rir_index: int | None = None  # the RIR's index in the augmenter's bank (its spectrum is cached there)
 
 
 class Augmenter:
@@ -92,7 +93,7 @@ class Augmenter:
         have = noise_bank.categories if noise_bank is not None else []
         usable = {c: w for c, w in self.config.category_weights.items() if w > 0 and BANK_CATEGORY[c] in have}
         self.categories = sorted(usable)
-        self._p_category = np.array([usable[c] for c in self.categories]) / sum(usable.values()) if usable else None
+        self._cum_p = np.cumsum([usable[c] for c in self.categories]) / sum(usable.values()) if usable else None
         if mode in ("noise", "N|R") and not usable:
             raise ValueError(
                 f"mode={mode!r} needs a noise_bank with files of category noise, music or speech (for babble); "
@@ -115,10 +116,12 @@ class Augmenter:
         if kind == "N|R":
             kind = "noise" if rng.random() < self.config.p_noise_given_NR else "reverb"
         if kind == "reverb":
-            return ViewAug("reverb", rir=self.rir_bank.sample(rng))
+            i = self.rir_bank.draw(rng)
+            return ViewAug("reverb", rir=self.rir_bank.rirs[i], rir_index=i)
         if kind == "none":
             return ViewAug()
-        category = self.categories[rng.choice(len(self.categories), p=self._p_category)]
+        category = self.categories[min(int(np.searchsorted(self._cum_p, rng.random(), side="right")),
+                                       len(self.categories) - 1)]
         lo, hi = self.config.babble_count if category == "babble" else (1, 1)
         count = int(rng.integers(lo, hi + 1))
         sources = self.noise_bank.sample_many(BANK_CATEGORY[category], count, n_samples, rng)
@@ -142,8 +145,7 @@ class Augmenter:
         y = self.apply(torch.from_numpy(np.asarray(x, np.float32))[None], [self.draw(len(x), rng)])
         return y[0].numpy()
 
-    @staticmethod
-    def apply(x: torch.Tensor, augs: list[ViewAug]) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, augs: list[ViewAug]) -> torch.Tensor:
         """Apply drawn augmentations to x [N, T] (one per row), batched by kind."""
         out = x.clone()
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -157,7 +159,12 @@ class Augmenter:
             idx = torch.tensor(noisy, device=x.device)
             out[idx] = mix_at_snr(x[idx].to(work), noise, snr).to(x.dtype)
         reverbed = [i for i, a in enumerate(augs) if a.kind == "reverb"]
-        if reverbed:
+        if reverbed and all(augs[i].rir_index is not None for i in reverbed) and self.rir_bank is not None:
+            n = fft_length(x.shape[-1], self.rir_bank.max_len)
+            H = self.rir_bank.spectra(n, work, x.device)[[augs[i].rir_index for i in reverbed]]
+            idx = torch.tensor(reverbed, device=x.device)
+            out[idx] = convolve_spectrum(x[idx].to(work), H, n).to(x.dtype)
+        elif reverbed:
             L = max(len(augs[i].rir) for i in reverbed)
             rirs = np.zeros((len(reverbed), L), np.float32)
             for row, i in enumerate(reverbed):

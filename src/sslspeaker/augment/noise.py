@@ -32,11 +32,10 @@ def combine_sources(sources: list[np.ndarray], snrs_db: list[float]) -> tuple[np
     """n = Σ_k n_k / sqrt(P_k·10^(snr_k/10)), snr = −10·log10 P_n: n mixed at snr puts each n_k at snr_k."""
     # Each source's level relative to the speech is fixed without knowing the speech, so babble
     # (several talkers, each at its own SNR: the Kaldi/MUSAN convention) becomes one noise.
-    n = np.zeros(len(sources[0]), np.float64)
-    for x, snr in zip(sources, snrs_db):
-        p = max(float(np.mean(np.square(x, dtype=np.float64))), EPS)
-        n += x / np.sqrt(p * 10.0 ** (snr / 10.0))
-    return n.astype(np.float32), -10.0 * np.log10(max(float(np.mean(n * n)), EPS))
+    S = np.stack(sources).astype(np.float32, copy=False)  # [k, T]
+    p = np.maximum(np.einsum("kt,kt->k", S, S) / S.shape[1], EPS)
+    n = (1.0 / np.sqrt(p * 10.0 ** (np.asarray(snrs_db, np.float64) / 10.0))).astype(np.float32) @ S
+    return n, -10.0 * np.log10(max(float(np.mean(n * n, dtype=np.float64)), EPS))
 
 
 @dataclass
@@ -138,7 +137,7 @@ class NoiseBank:
         if f.frames >= n:
             start = int(rng.integers(f.frames - n + 1))
             if f.samples is not None:
-                x = f.samples[start : start + n].copy()
+                x = f.samples[start : start + n]  # a read-only view: callers combine, never write
             else:
                 try:
                     x = read_audio(f.path, start, n)

@@ -35,6 +35,12 @@ def read_crops(path: str, file_frames: int, crop_frames: int, n: int, rng: np.ra
     return np.stack([tile_to(read_audio(path, int(s), crop_frames, sample_rate), crop_frames) for s in starts])
 
 
+def crops_of(x: np.ndarray, crop_frames: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` random crops [n, crop_frames] of an utterance already in memory (same draws as ``read_crops``)."""
+    starts = random_starts(len(x), crop_frames, n, rng)
+    return np.stack([tile_to(x[int(s):int(s) + crop_frames], crop_frames) for s in starts]).astype(np.float32)
+
+
 def evenly_spaced_starts(file_frames: int, crop_frames: int, n: int) -> np.ndarray:
     """``n`` crop starts spread evenly over the file (clovaai's 10-crop evaluation)."""
     return np.linspace(0, max(0, file_frames - crop_frames), n).astype(np.int64)

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, AudioError
-from .crops import read_crops
+from .cache import UtteranceCache
+from .crops import crops_of, read_crops
 from .manifest import Entry
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,13 @@ class SegmentDataset(torch.utils.data.Dataset):
 
     Indexed by ``(epoch, index)`` pairs (see ``EpochBatchSampler``). An unreadable file is
     reported once and replaced by another utterance drawn from the same RNG, so a bad file
-    never stops a run.
+    never stops a run. With ``cache_bytes`` large enough for the whole set, decoded utterances
+    stay in memory (each worker process keeps its own) and crops are cut from them.
     """
 
     def __init__(self, entries: Sequence[Entry], crop_seconds: float = 1.8, n_views: int = 2, seed: int = 0,
                  augment: Augment | None = None, with_labels: bool = False, sample_rate: int = SAMPLE_RATE,
-                 local_crop_seconds: float = 0.0, n_local_views: int = 0, labelled_fraction: float = 1.0):
+                 local_crop_seconds: float = 0.0, n_local_views: int = 0, labelled_fraction: float = 1.0, cache_bytes: float = 0.0):
         if not entries:
             raise ValueError("empty training manifest")
         self.entries = list(entries)
@@ -48,6 +50,7 @@ class SegmentDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.sample_rate = sample_rate
         self.bad: set[int] = set()
+        self.cache = UtteranceCache(self.entries, cache_bytes, sample_rate)
         self.labels = None
         if with_labels:
             speakers = sorted({e.speaker for e in self.entries if e.speaker})
@@ -64,21 +67,28 @@ class SegmentDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
+    def _crops(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.cache.enabled:
+            x = self.cache.get(index)
+            views = crops_of(x, self.crop_frames, self.n_views, rng)
+            return views, crops_of(x, self.local_frames, self.n_local, rng) if self.n_local else None
+        e = self.entries[index]
+        frames = int(e.duration * self.sample_rate)
+        views = read_crops(e.path, frames, self.crop_frames, self.n_views, rng, self.sample_rate)
+        local = read_crops(e.path, frames, self.local_frames, self.n_local, rng, self.sample_rate) if self.n_local else None
+        return views, local
+
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = item_rng(self.seed, epoch, index)
         for _ in range(20):
             if index not in self.bad:
-                e = self.entries[index]
-                frames = int(e.duration * self.sample_rate)
                 try:
-                    views = read_crops(e.path, frames, self.crop_frames, self.n_views, rng, self.sample_rate)
-                    local = (read_crops(e.path, frames, self.local_frames, self.n_local, rng, self.sample_rate)
-                             if self.n_local else None)
+                    views, local = self._crops(index, rng)
                     break
                 except (AudioError, ValueError) as exc:
                     self.bad.add(index)
-                    log.warning("skipping unreadable training file %s (%s)", e.path, exc)
+                    log.warning("skipping unreadable training file %s (%s)", self.entries[index].path, exc)
             index = int(rng.integers(len(self.entries)))
         else:
             raise RuntimeError("20 unreadable files in a row: check the training manifest")

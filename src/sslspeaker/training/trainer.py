@@ -93,7 +93,8 @@ class Trainer:
                                       with_labels=self.method.needs_labels,
                                       local_crop_seconds=cfg.data.local_crop_seconds,
                                       n_local_views=cfg.data.n_local_views,
-                                      labelled_fraction=cfg.data.labelled_fraction)
+                                      labelled_fraction=cfg.data.labelled_fraction,
+                                      cache_bytes=cfg.data.cache_gb * 1e9)
         self.sampler = EpochBatchSampler(len(entries), t.batch_size, t.seed, self.rank, self.world)
         self.steps_per_epoch = self.sampler.batches_per_epoch()
         self.total_steps = self.steps_per_epoch * t.epochs
@@ -197,6 +198,9 @@ class Trainer:
         self.sampler.set_position(self.epoch, self.batch_in_epoch)
         if getattr(self, "_data_loader", None) is None or self._data_loader.dataset is not self.dataset:
             w = self.cfg.data.workers
+            cache = getattr(self.dataset, "cache", None)
+            if cache is not None:
+                cache.fill(threads=max(1, torch.get_num_threads()), progress=self.is_main)
             self._data_loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=w,
                 prefetch_factor=self.cfg.data.prefetch if w else None, persistent_workers=w > 0,

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import record, table  # noqa: E402
+from _record import commit, record, table  # noqa: E402
 
 from sslspeaker.config import load_config  # noqa: E402
 from sslspeaker.evaluation.evaluate import evaluate  # noqa: E402
@@ -34,7 +34,10 @@ def main() -> None:
     ap.add_argument("--out", default="runs/dev", help="run folder root")
     ap.add_argument("--protocols", default="full")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--render", action="store_true", help="only rewrite the BENCHMARKS.md table from the rows")
     args = ap.parse_args()
+    if args.render:
+        return write_table(args)
     label = args.label or Path(args.recipe).stem
     root = data_root(required=True)
     so = root / "speechocean762"
@@ -54,22 +57,30 @@ def main() -> None:
         row[f"EER % ({name})"] = round(res["eer"], 2)
         row[f"minDCF0.01 ({name})"] = round(res["min_dcf_0.01"], 3)
     row["overrides"] = " ".join(args.overrides) or "-"
+    row["commit"] = commit()  # overrides are relative to the recipe as it was at this commit
     print(json.dumps(row), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(l) for l in open(RESULTS)] if RESULTS.exists() else []
     rows = [r for r in rows if r["run"] != label] + [row]
     RESULTS.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if args.no_record:
-        return
+    if not args.no_record:
+        write_table(args)
+
+
+def write_table(args) -> None:
+    rows = [json.loads(l) for l in open(RESULTS)]
     cols = ["run", "recipe", "minutes", "steps", "epochs", "examples/s", "peak RSS MB"]
-    cols += sorted({k for r in rows for k in r if k.startswith(("EER", "minDCF"))}) + ["overrides"]
+    cols += sorted({k for r in rows for k in r if k.startswith(("EER", "minDCF"))}) + ["overrides", "commit"]
     body = table(rows, cols)
     body += ("\n\nTrain on `speechocean762/protocol/train.csv` (+ LibriSpeech clips where the recipe adds them) for "
              "the stated wall-clock minutes on this 2-core CPU, then score `dev_trials.txt` (9,500 trials, 25 "
              "held-out speakers). References measured here (issue 3): sslsv MoCo after 30 min 23.8 % EER; "
              "untrained encoder 31.7 %; MFCC mean+std statistics, no learning, 11.3 %; Resemblyzer 9.2 %. "
              f"Each row's exact command: `python bench/dev_protocol.py RECIPE OVERRIDES --minutes M --label RUN`; "
-             "rows accumulate in `bench/results/dev_protocol.jsonl`.")
+             "rows accumulate in `bench/results/dev_protocol.jsonl`. Overrides are relative to the recipe at the "
+             "row's commit; rows without one ran at 868461d (A-I, moco_30min: 1.8-s crops, momentum 0.999, lr 0.03) "
+             "or 8e73379 (x6_*: the same recipe with the 2-core data path), before the recipe took the "
+             "x6 findings (1-s crops, momentum 0.99, lr 0.1, torch.compile).")
     record("dev_protocol", "Development protocol: speechocean762 dev trials after a fixed CPU budget", body,
            command="python bench/dev_protocol.py " + " ".join(sys.argv[1:]))
 

@@ -349,7 +349,8 @@ def test_cached_rir_spectra_match_direct_convolution(banks):
     augs = [aug.draw(x.shape[-1], np.random.default_rng(i)) for i in range(6)]
     assert all(a.rir_index is not None for a in augs)
     banks[1]._spectra.clear()
-    expected = torch.stack([reverberate(x[i], torch.from_numpy(a.rir)) for i, a in enumerate(augs)])
+    rirs = [torch.from_numpy(banks[1].rirs[a.rir_index]) for a in augs]
+    expected = torch.stack([reverberate(x[i], h) for i, h in enumerate(rirs)])
     torch.testing.assert_close(aug.apply(x, augs), expected, atol=1e-5, rtol=1e-5)
     assert len(banks[1]._spectra) == 1  # one FFT size for one crop length, computed once
     aug.apply(x, augs)

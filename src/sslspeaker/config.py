@@ -43,7 +43,7 @@ class DataConfig:
     labelled_fraction: float = 1.0  # methods that read labels: share of speakers whose labels are kept
     workers: int = 1  # DataLoader worker processes (0 = read in the training process)
     prefetch: int = 4
-    cache_gb: float = 2.0  # keep decoded training audio in memory when the whole set fits (per worker)
+    cache_gb: float = 2.0  # keep decoded training audio in memory when the whole set fits (0 = off)
 
 
 @dataclass

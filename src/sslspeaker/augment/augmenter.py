@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .noise import NoiseBank, combine_sources, mix_at_snr
-from .reverb import RirBank, convolve_spectrum, fft_length, reverberate
+from .reverb import RirBank, convolve_spectrum, fft_length
 
 MODES = ("none", "noise", "reverb", "N|R")
 APPLY_TO = ("both", "one", "second")
@@ -61,7 +61,6 @@ class ViewAug:
     category: str | None = None  # "noise", "music" or "babble"
     sources: list[np.ndarray] = field(default_factory=list)  # one per noise file (babble: 3–7)
     snr_db: list[float] = field(default_factory=list)  # one per source, relative to the speech
-    rir: np.ndarray | None = None
     rir_index: int | None = None  # the RIR's index in the augmenter's bank (its spectrum is cached there)
 
 
@@ -116,8 +115,7 @@ class Augmenter:
         if kind == "N|R":
             kind = "noise" if rng.random() < self.config.p_noise_given_NR else "reverb"
         if kind == "reverb":
-            i = self.rir_bank.draw(rng)
-            return ViewAug("reverb", rir=self.rir_bank.rirs[i], rir_index=i)
+            return ViewAug("reverb", rir_index=self.rir_bank.draw(rng))
         if kind == "none":
             return ViewAug()
         category = self.categories[min(int(np.searchsorted(self._cum_p, rng.random(), side="right")),
@@ -159,18 +157,11 @@ class Augmenter:
             idx = torch.tensor(noisy, device=x.device)
             out[idx] = mix_at_snr(x[idx].to(work), noise, snr).to(x.dtype)
         reverbed = [i for i, a in enumerate(augs) if a.kind == "reverb"]
-        if reverbed and all(augs[i].rir_index is not None for i in reverbed) and self.rir_bank is not None:
+        if reverbed:
             n = fft_length(x.shape[-1], self.rir_bank.max_len)
             H = self.rir_bank.spectra(n, work, x.device)[[augs[i].rir_index for i in reverbed]]
             idx = torch.tensor(reverbed, device=x.device)
             out[idx] = convolve_spectrum(x[idx].to(work), H, n).to(x.dtype)
-        elif reverbed:
-            L = max(len(augs[i].rir) for i in reverbed)
-            rirs = np.zeros((len(reverbed), L), np.float32)
-            for row, i in enumerate(reverbed):
-                rirs[row, : len(augs[i].rir)] = augs[i].rir
-            idx = torch.tensor(reverbed, device=x.device)
-            out[idx] = reverberate(x[idx].to(work), torch.from_numpy(rirs).to(x.device)).to(x.dtype)
         return out
 
 

@@ -38,7 +38,7 @@ def read_crops(path: str, file_frames: int, crop_frames: int, n: int, rng: np.ra
 def crops_of(x: np.ndarray, crop_frames: int, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` random crops [n, crop_frames] of an utterance already in memory (same draws as ``read_crops``)."""
     starts = random_starts(len(x), crop_frames, n, rng)
-    return np.stack([tile_to(x[int(s):int(s) + crop_frames], crop_frames) for s in starts]).astype(np.float32)
+    return np.stack([tile_to(x[int(s):int(s) + crop_frames], crop_frames) for s in starts]).astype(np.float32, copy=False)
 
 
 def evenly_spaced_starts(file_frames: int, crop_frames: int, n: int) -> np.ndarray:

@@ -33,7 +33,8 @@ class SegmentDataset(torch.utils.data.Dataset):
     Indexed by ``(epoch, index)`` pairs (see ``EpochBatchSampler``). An unreadable file is
     reported once and replaced by another utterance drawn from the same RNG, so a bad file
     never stops a run. With ``cache_bytes`` large enough for the whole set, decoded utterances
-    stay in memory (each worker process keeps its own) and crops are cut from them.
+    stay in memory and crops are cut from them (the trainer fills the cache before data
+    workers fork, so they share it copy-on-write).
     """
 
     def __init__(self, entries: Sequence[Entry], crop_seconds: float = 1.8, n_views: int = 2, seed: int = 0,

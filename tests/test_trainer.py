@@ -106,6 +106,29 @@ def test_strict_config_errors(corpus, tmp_path):
         Trainer(make_cfg(corpus, f"data.train={tmp_path / 'missing.csv'}"), tmp_path)
 
 
+def test_recipe_base_merges_sections_and_replaces_another_method(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "data: {train: [a.csv], crop_seconds: 1.0}\nfeatures: {n_mels: 40, norm: global}\n"
+        "method: {name: moco, options: {queue_size: 64, momentum: 0.99}}\n"
+        "optim: {name: sgd, lr: 0.1, momentum: 0.9}\ntrain: {epochs: 90, batch_size: 64}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text(
+        "base: ../base.yaml\nmethod: {name: simclr, options: {temperature: 0.03}}\n"
+        "optim: {name: sgd, lr: 0.05}\ntrain: {epochs: 60}\n")
+    cfg = load_config(tmp_path / "sub" / "child.yaml", ["features.n_mels=64"])
+    assert [m.manifest for m in cfg.data.train] == ["a.csv"] and cfg.data.crop_seconds == 1.0 and cfg.features.norm == "global"
+    assert cfg.features.n_mels == 64  # command line over child over base
+    assert cfg.method.name == "simclr" and cfg.method.options == {"temperature": 0.03}  # no MoCo options leak
+    assert cfg.optim.lr == 0.05 and cfg.optim.momentum == 0.9  # same optimiser: merged
+    assert cfg.train.epochs == 60 and cfg.train.batch_size == 64
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml: no such recipe"):
+        load_config(tmp_path / "orphan.yaml")
+
+
 def test_max_minutes_stops_with_checkpoint_and_cli_resumes(corpus, tmp_path):
     from sslspeaker.cli import main
 

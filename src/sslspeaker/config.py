@@ -219,18 +219,39 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _replaces(base: Any, extra: Any) -> bool:
+    """A section that names a different ``name`` (another method or optimiser) replaces the base's
+    section instead of merging into it: the base's options belong to its method."""
+    return isinstance(base, dict) and isinstance(extra, dict) and "name" in extra and extra["name"] != base.get("name")
+
+
+def read_recipe(path: str | os.PathLike, _seen: tuple = ()) -> dict:
+    """A recipe's tree, with its ``base:`` recipe (a path relative to it) merged underneath."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: base recipes form a cycle ({' -> '.join(str(p) for p in _seen)})")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such recipe") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of sections")
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be the path of another recipe, got {base!r}")
+    parent = read_recipe(path.parent / base, (*_seen, path.resolve()))
+    for key, section in tree.items():
+        parent[key] = section if _replaces(parent.get(key), section) else _merge(parent, {key: section})[key]
+    return parent
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
     """Recipe (or defaults) + overrides -> a checked ``Config``."""
-    tree: dict = {}
-    if path is not None:
-        try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such recipe") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: a recipe is a mapping of sections")
+    tree = read_recipe(path) if path is not None else {}
     tree = _merge(tree, parse_overrides(overrides or []))
     try:
         return _build(Config, tree, "")

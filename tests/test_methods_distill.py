@@ -313,6 +313,17 @@ def test_reweighted_info_nce_equals_weighted_sum(filtered):
     assert float(plain) == pytest.approx(sum(info_nce_terms(q, k_pos, queue, 0.07)) / n, abs=1e-5)
 
 
+@pytest.mark.parametrize("reweight", [False, True])
+def test_c3_own_utterance_keys_are_neither_negatives_nor_flagged(reweight):
+    q, k_pos, queue, _ = hand_case()
+    m = make_c3(fn_weight=0.3)
+    own = torch.zeros(q.shape[0], queue.shape[0], dtype=torch.bool)
+    own[:, 0] = True  # queued key 0 is every anchor's own utterance: as if it were not queued
+    loss, stats = m._c3_contrast(q, k_pos, queue, reweight=reweight, own=own)
+    ref, ref_stats = m._c3_contrast(q, k_pos, queue[1:], reweight=reweight)
+    assert float(loss) == pytest.approx(float(ref), abs=1e-6) and float(stats[3]) == float(ref_stats[3])
+
+
 def test_proto_nce_matches_loop():
     g = torch.Generator().manual_seed(0)
     q = F.normalize(torch.randn(4, 3, generator=g), dim=1)

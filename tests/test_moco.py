@@ -144,6 +144,40 @@ def test_queue_fifo_wraps_around():
     assert all((m.queue[r] == v).all() for r, v in expected_rows.items())
 
 
+def test_own_utterance_keys_leave_the_denominator():
+    """Loss with dataset indices == the InfoNCE loop over the queued keys of other utterances only."""
+    m = make_moco(queue_size=6).eval()  # eval: no shuffle/enqueue, so q and k can be recomputed
+    x, index = feats(3), torch.tensor([4, 7, 9])
+    m.enqueue(F.normalize(torch.randn(6, DIM, generator=torch.Generator().manual_seed(3)), dim=1),
+              torch.tensor([7, 1, 4, 4, -1, 2]))  # anchor 0 (utt 4) owns keys 2, 3; anchor 1 owns key 0
+    assert m.queue_index.tolist() == [7, 1, 4, 4, -1, 2]
+    loss, _ = m(x, index=index)
+    with torch.no_grad():
+        q, k = m.encode_queries(x[:, 0]).double(), m.encode_keys(x[:, 1])[0].double()
+    tau, queue, per_anchor = m.temperature, m.queue.double(), []
+    for i, own in enumerate([{2, 3}, {0}, set()]):
+        terms = [math.exp(float(q[i] @ queue[j]) / tau) for j in range(6) if j not in own]
+        pos = math.exp(float(q[i] @ k[i]) / tau)
+        per_anchor.append(-math.log(pos / (pos + sum(terms))))
+    assert loss.item() == pytest.approx(sum(per_anchor) / 3, abs=1e-5)
+    assert float(m(x)[0]) > float(loss)  # without indices the own keys count as negatives
+    off = make_moco(queue_size=6, exclude_own_keys=False).eval()
+    off.load_state_dict(m.state_dict())
+    assert float(off(x, index=index)[0]) == pytest.approx(float(m(x)[0]), abs=1e-6)
+
+
+def test_training_step_enqueues_key_indices():
+    m = make_moco(queue_size=8, symmetric=True)
+    loss, _ = m(feats(4), index=torch.tensor([10, 11, 12, 13]))
+    assert m.queue_index.tolist() == [10, 11, 12, 13, 10, 11, 12, 13]  # one key per pair and utterance
+    m.enqueue(torch.zeros(2, DIM))  # keys of unknown origin
+    assert m.queue_index[:2].tolist() == [-1, -1] and int(m.queue_ptr) == 2
+    old = {k: v for k, v in m.state_dict().items() if k != "queue_index"}  # a checkpoint from before
+    fresh = make_moco(queue_size=8, symmetric=True)
+    fresh.load_state_dict(old)
+    assert fresh.queue_index.tolist() == [-1] * 8 and torch.equal(fresh.queue, m.queue)
+
+
 def test_clamp_queue_warns(caplog):
     m = make_moco(queue_size=100)
     with caplog.at_level(logging.WARNING, logger="sslspeaker.methods.moco"):

@@ -159,8 +159,12 @@ class C3MoCo(MoCo):
                  getattr(self, f"proto_phi_{m}")) for m in range(len(self.n_clusters))]
 
     # ---- loss -----------------------------------------------------------------------------
-    def _c3_contrast(self, q: Tensor, k: Tensor, queue: Tensor, reweight: bool) -> tuple[Tensor, Tensor]:
+    def _c3_contrast(self, q: Tensor, k: Tensor, queue: Tensor, reweight: bool,
+                     own: Tensor | None = None) -> tuple[Tensor, Tensor]:
         pos, neg = cosines(q, k, queue)
+        stats_neg = neg.mean()
+        if own is not None:  # keys of the anchor's own utterance are neither negatives nor flagged
+            neg = neg.masked_fill(own, -torch.inf)
         logits = torch.cat([(pos - self.margin)[:, None], neg], dim=1) / self.temperature
         if reweight:
             pairs = false_negative_pairs(pos, neg, self.fn_ratio, self.fn_min_pos)
@@ -175,7 +179,7 @@ class C3MoCo(MoCo):
             loss = F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
         with torch.no_grad():
             stats = torch.stack([
-                pos.mean(), neg.mean(), (logits.argmax(dim=1) == 0).float().mean(), flagged.float().mean()])
+                pos.mean(), stats_neg, (logits.argmax(dim=1) == 0).float().mean(), flagged.float().mean()])
         return loss, stats
 
     def _proto(self, q: Tensor, index: Tensor) -> Tensor:
@@ -199,11 +203,12 @@ class C3MoCo(MoCo):
             raise ValueError("c3_moco: ProtoNCE needs the batch's dataset `index`")
         pairs = [(feats[:, 0], feats[:, 1])] + ([(feats[:, 1], feats[:, 0])] if self.symmetric else [])
         queue = self.queue.clone()  # the queue is overwritten in place (enqueue) before backward needs it
+        own = self.own_keys(index)
         losses, stats, proto_losses, new_keys = [], [], [], []
         for xq, xk in pairs:
             q = self.encode_queries(xq)
             k, k_all = self.encode_keys(xk)
-            loss, s = self._c3_contrast(q, k, queue, reweight)
+            loss, s = self._c3_contrast(q, k, queue, reweight, own)
             if use_proto:
                 lp = self._proto(q, index)
                 proto_losses.append(lp.detach())
@@ -212,7 +217,7 @@ class C3MoCo(MoCo):
             stats.append(s)
             new_keys.append(k_all)
         if self.training:
-            self.enqueue(torch.cat(new_keys))
+            self.enqueue(torch.cat(new_keys), self.key_indices(index, len(pairs)))
         loss = torch.stack(losses).mean()
         proto = torch.stack(proto_losses).mean() if proto_losses else torch.zeros((), device=loss.device)
         values = torch.cat([loss.detach()[None], torch.stack(stats).mean(dim=0), proto[None]]).tolist()

@@ -13,6 +13,11 @@ A query's BN batch and its key's BN batch are thus different random subsets; on 
 with ``bn_splits = 4`` this emulates four GPUs. Under DDP the ranks already provide the
 split, so the default there is 1 (a larger value further splits each rank's shard).
 In eval mode BN uses running statistics: nothing is shuffled, queued or counted.
+
+Own keys (``exclude_own_keys``, default on): the queue remembers each key's dataset index, and
+a query's logits exclude queued keys of its own utterance. When the queue holds about an
+epoch of keys (small data: the queue is clamped to the data size) about half the queries would
+otherwise meet a key of their own utterance, from the previous epoch, among the negatives.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ def shuffle_permutation(n: int, seed: int, count: int) -> Tensor:
 class MoCo(Method):
     """MoCo/MoCoVox: InfoNCE between two segments of an utterance, negatives from a momentum-encoded queue."""
 
+    wants = ("index",)  # dataset indices: keys of the query's own utterance are not negatives
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -62,6 +69,7 @@ class MoCo(Method):
         proj_hidden: int = 2048,
         proj_dim: int = 128,
         symmetric: bool = False,
+        exclude_own_keys: bool = True,
         bn_splits: int | None = None,
         seed: int | None = None,
     ) -> None:
@@ -78,6 +86,7 @@ class MoCo(Method):
         embed_dim = int(encoder.embed_dim)
         self.momentum, self.temperature, self.margin = momentum, temperature, margin
         self.symmetric, self._bn_splits = symmetric, bn_splits
+        self.exclude_own_keys = exclude_own_keys
         self.projector = mlp_projector(embed_dim, proj_hidden, proj_dim) if projector == "mlp" else nn.Identity()
         dim = proj_dim if projector == "mlp" else embed_dim
 
@@ -91,6 +100,7 @@ class MoCo(Method):
         seed = (torch.initial_seed() if seed is None else seed) & (2**63 - 1)
         g = torch.Generator().manual_seed(seed)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim, generator=g), dim=1))
+        self.register_buffer("queue_index", torch.full((queue_size,), -1, dtype=torch.long))  # -1: unknown
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("shuffle_seed", torch.tensor(seed, dtype=torch.long))
         self.register_buffer("shuffle_count", torch.zeros((), dtype=torch.long))
@@ -140,10 +150,18 @@ class MoCo(Method):
         return broadcast(perm)  # rank 0's permutation is authoritative
 
     # ---- loss -----------------------------------------------------------------------------
-    def _contrast(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    def own_keys(self, index: Tensor | None) -> Tensor | None:
+        """[N, K] bool: queued key j comes from query i's own utterance (None when not excluded/unknown)."""
+        if not self.exclude_own_keys or index is None:
+            return None
+        return self.queue_index[None, :] == index.to(self.queue_index.device).long()[:, None]
+
+    def _contrast(self, q: Tensor, k: Tensor, own: Tensor | None = None) -> tuple[Tensor, Tensor]:
         # clone: the queue is overwritten in place (enqueue) before backward needs it
         logits = contrastive_logits(q, k, self.queue.clone(), self.temperature, self.margin)
-        loss = positive_cross_entropy(logits)  # == info_nce(q, k, queue, τ, margin); logits reused for logs
+        # own keys leave the denominator (−inf); the logged means are over all queued keys
+        masked = logits if own is None else torch.cat([logits[:, :1], logits[:, 1:].masked_fill(own, -torch.inf)], 1)
+        loss = positive_cross_entropy(masked)  # == info_nce(q, k, queue, τ, margin) without own keys
         with torch.no_grad():
             stats = torch.stack([
                 loss.detach(),
@@ -153,35 +171,46 @@ class MoCo(Method):
             ])
         return loss, stats
 
-    def forward(self, feats: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """feats: [B, V≥2, n_mels, frames]; returns (InfoNCE loss, logs) and enqueues the keys when training."""
+    def forward(self, feats: Tensor, labels: Tensor | None = None,
+                index: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """feats: [B, V≥2, n_mels, frames], index: dataset indices [B] (optional); returns (InfoNCE loss, logs)
+        and enqueues the keys when training."""
         if feats.dim() != 4 or feats.shape[1] < 2:
             raise ValueError(f"moco: feats must be [B, V>=2, n_mels, frames], got {tuple(feats.shape)}")
         pairs = [(feats[:, 0], feats[:, 1])] + ([(feats[:, 1], feats[:, 0])] if self.symmetric else [])
+        own = self.own_keys(index)
         losses, stats, new_keys = [], [], []
         for xq, xk in pairs:
             q = self.encode_queries(xq)
             k, k_all = self.encode_keys(xk)
-            loss, s = self._contrast(q, k)
+            loss, s = self._contrast(q, k, own)
             losses.append(loss)
             stats.append(s)
             new_keys.append(k_all)
         if self.training:
-            self.enqueue(torch.cat(new_keys))
+            self.enqueue(torch.cat(new_keys), self.key_indices(index, len(pairs)))
         loss = torch.stack(losses).mean()
         values = torch.stack(stats).mean(dim=0).tolist()  # one device sync for all logs
         return loss, dict(zip(("loss", "pos_cos", "neg_cos", "top1"), values))
 
     # ---- state updates --------------------------------------------------------------------
+    @staticmethod
+    def key_indices(index: Tensor | None, repeats: int) -> Tensor | None:
+        """Dataset indices of the global batch's keys in enqueue order (rank order, once per pair)."""
+        return None if index is None else gather_nograd(index.long()).repeat(repeats)
+
     @torch.no_grad()
-    def enqueue(self, keys: Tensor) -> None:
-        """Write keys over the oldest queue entries (FIFO, wrapping); keeps the newest K if more."""
+    def enqueue(self, keys: Tensor, index: Tensor | None = None) -> None:
+        """Write keys (and their dataset indices, −1 if unknown) over the oldest queue entries (FIFO,
+        wrapping); keeps the newest K if more."""
         size, n = self.queue.shape[0], keys.shape[0]
+        index = torch.full((n,), -1, dtype=torch.long) if index is None else index.long()
         if n > size:
             self.queue_ptr.add_(n - size).remainder_(size)
-            keys, n = keys[n - size :], size
+            keys, index, n = keys[n - size :], index[n - size :], size
         idx = (self.queue_ptr + torch.arange(n, device=self.queue.device)) % size
         self.queue[idx] = keys.to(self.queue.dtype)
+        self.queue_index[idx] = index.to(self.queue_index.device)
         self.queue_ptr.add_(n).remainder_(size)
 
     def after_step(self, step: int, total_steps: int) -> None:
@@ -209,6 +238,7 @@ class MoCo(Method):
             size, n_train_examples * per_utt, n_train_examples, global_batch_size, limit,
         )
         self.queue = self.queue[:limit].clone()
+        self.queue_index = self.queue_index[:limit].clone()
         self.queue_ptr.remainder_(limit)
         return limit
 
@@ -218,4 +248,7 @@ class MoCo(Method):
         size, dim = self.queue.shape
         if saved is not None and saved.dim() == 2 and saved.shape[1] == dim and saved.shape[0] != size:
             self.queue = torch.empty(saved.shape, dtype=self.queue.dtype, device=self.queue.device)
+            self.queue_index = torch.empty(saved.shape[0], dtype=torch.long, device=self.queue.device)
+        if saved is not None and prefix + "queue_index" not in state_dict:  # written before own-key exclusion
+            state_dict[prefix + "queue_index"] = torch.full((saved.shape[0],), -1, dtype=torch.long)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

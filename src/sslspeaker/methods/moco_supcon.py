@@ -40,23 +40,26 @@ class MoCoSupCon(MoCo):
         self.supcon_weight = float(supcon_weight)
         self.supcon_temperature = float(supcon_temperature if supcon_temperature is not None else self.temperature)
 
-    def forward(self, feats: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """feats: [B, V≥2, n_mels, frames], labels [B] (−1 = unlabelled); returns (InfoNCE + w·SupCon, logs)."""
+    def forward(self, feats: Tensor, labels: Tensor | None = None,
+                index: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """feats: [B, V≥2, n_mels, frames], labels [B] (−1 = unlabelled), index [B] (dataset indices, optional);
+        returns (InfoNCE + w·SupCon, logs)."""
         if feats.dim() != 4 or feats.shape[1] < 2:
             raise ValueError(f"moco_supcon: feats must be [B, V>=2, n_mels, frames], got {tuple(feats.shape)}")
         y = require_labels("moco_supcon", labels, feats.shape[0])
         pairs = [(feats[:, 0], feats[:, 1])] + ([(feats[:, 1], feats[:, 0])] if self.symmetric else [])
+        own = self.own_keys(index)
         losses, stats, new_keys, sc_rows = [], [], [], []
         for xq, xk in pairs:
             q = self.encode_queries(xq)
             k, k_all = self.encode_keys(xk)
-            loss, s = self._contrast(q, k)
+            loss, s = self._contrast(q, k, own)
             losses.append(loss)
             stats.append(s)
             new_keys.append(k_all)
             sc_rows += [q, k]
         if self.training:
-            self.enqueue(torch.cat(new_keys))
+            self.enqueue(torch.cat(new_keys), self.key_indices(index, len(pairs)))
         info_nce = torch.stack(losses).mean()
 
         z = torch.cat(sc_rows)  # [q; k] per pair: 2·B rows (4·B if symmetric)

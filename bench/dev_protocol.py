@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--label", help="row name (default: the recipe name)")
     ap.add_argument("--out", default="runs/dev", help="run folder root")
     ap.add_argument("--protocols", default="full")
+    ap.add_argument("--group", choices=list(GROUPS), default="screening",
+                    help="which table the row joins: methods (equal 30-min budget, one row per method), "
+                         "table1 (MoCoVox Table 1 augmentation trend) or screening (recipe work)")
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--render", action="store_true", help="only rewrite the BENCHMARKS.md table from the rows")
     args = ap.parse_args()
@@ -57,6 +60,7 @@ def main() -> None:
         row[f"EER % ({name})"] = round(res["eer"], 2)
         row[f"minDCF0.01 ({name})"] = round(res["min_dcf_0.01"], 3)
     row["overrides"] = " ".join(args.overrides) or "-"
+    row["group"] = args.group
     row["commit"] = commit()  # overrides are relative to the recipe as it was at this commit
     print(json.dumps(row), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -67,12 +71,24 @@ def main() -> None:
         write_table(args)
 
 
+GROUPS = {
+    "methods": "Methods side by side: the same 30-minute CPU budget, data and dev trials (issue 5)",
+    "table1": "MoCoVox Table 1, scaled down: augmentation of the two segments at an equal number of steps",
+    "screening": "Recipe work on MoCo (issue 3): what each change did",
+}
+
+
 def write_table(args) -> None:
     rows = [json.loads(l) for l in open(RESULTS)]
-    cols = ["run", "recipe", "minutes", "steps", "epochs", "examples/s", "peak RSS MB"]
-    cols += sorted({k for r in rows for k in r if k.startswith(("EER", "minDCF"))}) + ["overrides", "commit"]
-    body = table(rows, cols)
-    body += ("\n\nTrain on `speechocean762/protocol/train.csv` (+ LibriSpeech clips where the recipe adds them) for "
+    body = ""
+    for group, title in GROUPS.items():
+        sub = [r for r in rows if r.get("group", "screening") == group]
+        if not sub:
+            continue
+        cols = ["run", "recipe", "minutes", "steps", "epochs", "examples/s", "peak RSS MB"]
+        cols += sorted({k for r in sub for k in r if k.startswith(("EER", "minDCF"))}) + ["overrides", "commit"]
+        body += f"### {title}\n\n" + table(sub, cols) + "\n\n"
+    body += ("Train on `speechocean762/protocol/train.csv` (+ LibriSpeech clips where the recipe adds them) for "
              "the stated wall-clock minutes on this 2-core CPU, then score `dev_trials.txt` (9,500 trials, 25 "
              "held-out speakers). References measured here (issue 3): sslsv MoCo after 30 min 23.8 % EER; "
              "untrained encoder 31.7 %; MFCC mean+std statistics, no learning, 11.3 %; Resemblyzer 9.2 %. "

@@ -468,7 +468,7 @@ def test_c3_registry():
 
 # =============================== recipes ===================================================
 RECIPES = ["dino_voxceleb2", "c3_moco_voxceleb2", "c3_dino_voxceleb2", "dino_speechocean762",
-           "c3_moco_speechocean762"]
+           "c3_moco_speechocean762", "c3_dino_speechocean762"]
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -484,6 +484,9 @@ def test_recipes_load_and_build(name, tmp_path, monkeypatch):
         assert cfg.data.n_local_views == 4 and cfg.data.local_crop_seconds > 0
     if name == "c3_dino_voxceleb2":
         assert cfg.train.init_from == "runs/c3_moco/checkpoints/last.pt"
+    if name == "c3_dino_speechocean762":  # stage 2 of a 15 + 15-minute chain on the dev pool
+        assert cfg.train.init_from == "runs/dev/c3_moco_stage1/checkpoints/last.pt"
+        assert cfg.train.epochs == 13 and cfg.data.local_crop_seconds == 0.5
     if cfg.model.encoder not in list_encoders():
         pytest.skip(f"encoder {cfg.model.encoder!r} is not registered yet (another helper writes it)")
     method = build_model(cfg)

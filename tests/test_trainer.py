@@ -81,8 +81,8 @@ def test_nonfinite_losses_stop_with_last_good_checkpoint(corpus, tmp_path, monke
     good = load_checkpoint(tmp_path / CHECKPOINT)
     forward = t.method.forward
 
-    def poisoned(feats, labels=None):
-        loss, logs = forward(feats, labels)
+    def poisoned(feats, labels=None, **extras):
+        loss, logs = forward(feats, labels, **extras)
         return loss * float("nan"), logs
 
     monkeypatch.setattr(t, "forward", poisoned)
@@ -168,3 +168,23 @@ def test_embed_training_set(corpus, tmp_path):
     emb = t.embed_training_set()
     assert emb.shape == (9, 16)
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(9))
+
+
+@pytest.mark.parametrize("planned", [3, 100])
+def test_fit_to_budget_replans_epochs_so_the_schedule_ends_in_time(corpus, tmp_path, monkeypatch, planned):
+    import types
+
+    import sslspeaker.training.trainer as trainer_mod
+
+    now = [0.0]  # a fake clock: every training step costs 10 s, so an epoch (2 steps) costs 20 s
+    monkeypatch.setattr(trainer_mod, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    t = Trainer(make_cfg(corpus, f"train.epochs={planned}", "train.fit_to_budget=true"), tmp_path / "run")
+    step = t.method.after_step
+    monkeypatch.setattr(t.method, "after_step", lambda s, total: (now.__setitem__(0, now[0] + 10), step(s, total)))
+    result = t.train(max_minutes=2)
+    # 120 s / 20 s per epoch = 6 epochs, whether the recipe planned fewer (3) or more (100)
+    assert t.planned_epochs == 6 and result["finished"] and (t.step, t.epoch) == (12, 6)
+    logs = [json.loads(l) for l in open(tmp_path / "run" / "log.jsonl")]
+    assert logs[-1]["step"] == 12 and logs[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the cosine ended
+    assert [r["planned_epochs"] for r in logs if "planned_epochs" in r] == [6]
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["planned_epochs"] == 6

@@ -107,6 +107,9 @@ class TrainConfig:
     log_every: int = 10  # steps
     max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
     init_from: str | None = None  # start the encoder from another run's checkpoint
+    # With a time budget (--max-minutes): re-plan the epoch count at every epoch end from the
+    # measured epoch time, so the LR schedule ends inside the budget on a slow or fast machine.
+    fit_to_budget: bool = False
 
 
 @dataclass

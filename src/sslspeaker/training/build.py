@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -100,9 +101,10 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
-def build_scheduler(cfg: Config, optimizer, total_steps: int):
+def build_scheduler(cfg: Config, optimizer, total_steps: Callable[[], int]):
+    """LR schedule over ``total_steps()`` steps, read at every step (the trainer may re-plan it)."""
     o = cfg.optim
     if o.schedule not in ("cosine", "constant"):
         raise ConfigError(f"optim.schedule={o.schedule!r}: expected cosine or constant")
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, o.warmup_steps, o.schedule))
+        optimizer, lambda s: lr_factor(s, total_steps(), o.warmup_steps, o.schedule))

@@ -97,7 +97,7 @@ class Trainer:
                                       cache_bytes=cfg.data.cache_gb * 1e9)
         self.sampler = EpochBatchSampler(len(entries), t.batch_size, t.seed, self.rank, self.world)
         self.steps_per_epoch = self.sampler.batches_per_epoch()
-        self.total_steps = self.steps_per_epoch * t.epochs
+        self.planned_epochs = t.epochs  # re-planned from measured time under train.fit_to_budget
         self.method.on_train_start(len(entries), t.batch_size * self.world)
         self.features = build_features(cfg).to(self.device)
         if t.init_from:
@@ -118,7 +118,7 @@ class Trainer:
                     getattr(self.method, name).compile()
         self.forward = self.model
         self.optimizer = build_optimizer(cfg, self.method.parameters())
-        self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps)
+        self.scheduler = build_scheduler(cfg, self.optimizer, lambda: self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.history: list[dict] = []
@@ -130,6 +130,10 @@ class Trainer:
         self._tb = self._tensorboard()
 
     # ---- state ------------------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.planned_epochs
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -153,6 +157,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "position": {"step": self.step, "epoch": self.epoch, "batch": self.batch_in_epoch},
+            "planned_epochs": self.planned_epochs,
             "history": json.dumps(self.history),
         }
 
@@ -165,6 +170,7 @@ class Trainer:
         pos = ckpt["position"]
         self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch"]
         self.history = json.loads(ckpt["history"])
+        self.planned_epochs = int(ckpt.get("planned_epochs", self.cfg.train.epochs))
 
     def save(self) -> None:
         if self.is_main:
@@ -226,7 +232,10 @@ class Trainer:
         examples, rate_t0 = 0, time.perf_counter()
         self.method.train()
         stopped = False
-        while self.epoch < t.epochs and not stopped:
+        fit = t.fit_to_budget and max_minutes is not None
+        epoch_seconds: list[float] = []  # wall time per full epoch, epoch-end work included
+        epoch_t0, epoch_step0 = time.perf_counter(), self.step
+        while self.epoch < self.planned_epochs and not stopped:
             for batch in self._loader():
                 self.batch_in_epoch += 1  # consumed, even if its step is skipped below
                 feats = self._features(batch["wave"])
@@ -283,14 +292,32 @@ class Trainer:
             v = self.cfg.validation
             if v.trials and v.every_epochs and self.epoch % v.every_epochs == 0 and self.is_main:
                 self._log({"step": self.step, "epoch": self.epoch, **self.validate()})
+            if fit:
+                now = time.perf_counter()
+                epoch_seconds.append((now - epoch_t0) * self.steps_per_epoch / max(1, self.step - epoch_step0))
+                epoch_t0, epoch_step0 = now, self.step
+                self._fit_to_budget(epoch_seconds, 60 * max_minutes - (now - start), bar)
             self.save()
         bar.close()
         self.save()
-        result = {"step": self.step, "epoch": self.epoch, "finished": self.epoch >= t.epochs,
+        result = {"step": self.step, "epoch": self.epoch, "finished": self.epoch >= self.planned_epochs,
                   "minutes": round((time.perf_counter() - start) / 60, 2)}
         if self.history:
             result.update(self.history[-1])
         return result
+
+    def _fit_to_budget(self, epoch_seconds: list[float], remaining_s: float, bar) -> None:
+        """Planned epochs = epochs done + ⌊remaining budget / median recent epoch time⌋."""
+        recent = epoch_seconds[1:] if len(epoch_seconds) > 1 else epoch_seconds  # the first pays compilation
+        per_epoch = float(np.median(recent[-5:]))
+        planned = torch.tensor(self.epoch + max(0, int(remaining_s // per_epoch)), device=self.device)
+        planned = int(dist_utils.broadcast(planned)) if self.world > 1 else int(planned)  # ranks agree
+        if planned != self.planned_epochs:
+            self._log({"step": self.step, "epoch": self.epoch, "event": "re-planned to fit the time budget",
+                       "planned_epochs": planned, "epoch_seconds": round(per_epoch, 2)})
+            self.planned_epochs = planned
+            bar.total = self.total_steps
+            bar.refresh()
 
     @torch.no_grad()
     def embed_training_set(self, encoder: torch.nn.Module | None = None, crop_seconds: float | None = None,

@@ -38,6 +38,19 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores ({threads} torch threads), {gpu}, Python {platform.python_version()}"
 
 
+def cpu_kind() -> str:
+    """The CPU model and its vector ISA: training speed (and so a fixed-budget EER) depends on both."""
+    name = machine().split(",")[0]
+    try:
+        import torch
+
+        isa = torch.backends.cpu.get_cpu_capability()
+        bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return f"{name} ({isa}{', bf16' if bf16 else ''})"
+    except Exception:
+        return name
+
+
 def commit() -> str:
     try:
         rev = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import commit, record, table  # noqa: E402
+from _record import commit, cpu_kind, record, table  # noqa: E402
 
 from sslspeaker.config import load_config  # noqa: E402
 from sslspeaker.evaluation.evaluate import evaluate  # noqa: E402
@@ -61,6 +61,7 @@ def main() -> None:
         row[f"minDCF0.01 ({name})"] = round(res["min_dcf_0.01"], 3)
     row["overrides"] = " ".join(args.overrides) or "-"
     row["group"] = args.group
+    row["cpu"] = cpu_kind()  # rows compare only within one CPU kind: the budget is wall time
     row["commit"] = commit()  # overrides are relative to the recipe as it was at this commit
     print(json.dumps(row), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -86,11 +87,12 @@ def write_table(args) -> None:
         if not sub:
             continue
         cols = ["run", "recipe", "minutes", "steps", "epochs", "examples/s", "peak RSS MB"]
-        cols += sorted({k for r in sub for k in r if k.startswith(("EER", "minDCF"))}) + ["overrides", "commit"]
+        cols += sorted({k for r in sub for k in r if k.startswith(("EER", "minDCF"))}) + ["overrides", "cpu", "commit"]
         body += f"### {title}\n\n" + table(sub, cols) + "\n\n"
     body += ("Train on `speechocean762/protocol/train.csv` (+ LibriSpeech clips where the recipe adds them) for "
-             "the stated wall-clock minutes on this 2-core CPU, then score `dev_trials.txt` (9,500 trials, 25 "
-             "held-out speakers). References measured here (issue 3): sslsv MoCo after 30 min 23.8 % EER; "
+             "the stated wall-clock minutes on a 2-core CPU (column cpu: rows compare within one CPU kind; without "
+             "native bf16, AVX2 trains in fp32 at about a third of the AVX-512 machine's examples/s), then score `dev_trials.txt` (9,500 trials, 25 "
+             "held-out speakers). References measured on the Xeon (issue 3): sslsv MoCo after 30 min 23.8 % EER; "
              "untrained encoder 31.7 %; MFCC mean+std statistics, no learning, 11.3 %; Resemblyzer 9.2 %. "
              f"Each row's exact command: `python bench/dev_protocol.py RECIPE OVERRIDES --minutes M --label RUN`; "
              "rows accumulate in `bench/results/dev_protocol.jsonl`. Overrides are relative to the recipe at the "

@@ -44,11 +44,10 @@ def cpu_kind() -> str:
     try:
         import torch
 
-        isa = torch.backends.cpu.get_cpu_capability()
-        bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        return f"{name} ({isa}{', bf16' if bf16 else ''})"
-    except Exception:
+        from sslspeaker.training.trainer import cpu_has_fast_bf16
+    except ImportError:
         return name
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()}{', bf16' if cpu_has_fast_bf16() else ''})"
 
 
 def commit() -> str:

@@ -64,9 +64,6 @@ def effective_precision(requested: str, device: torch.device) -> str:
     if requested not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"train.precision={requested!r}: expected fp32, bf16 or fp16")
     if requested == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
-        log.warning("train.precision=bf16: this CPU (%s) has no native bf16 support, where bf16 "
-                    "convolutions run ~10x slower than fp32; training in fp32 instead",
-                    torch.backends.cpu.get_cpu_capability())
         return "fp32"
     return requested
 
@@ -146,9 +143,11 @@ class Trainer:
         if self.is_main:
             save_config(self.cfg, self.out / "config.yaml")
         self._tb = self._tensorboard()
-        if self.precision != t.precision:
-            self._log({"step": self.step, "event": f"train.precision={t.precision} runs as {self.precision}: "
-                       f"no native {t.precision} on this {torch.backends.cpu.get_cpu_capability()} CPU"})
+        if self.precision != t.precision:  # said once, on the console and in log.jsonl
+            msg = (f"train.precision={t.precision} runs as {self.precision}: no native {t.precision} on this "
+                   f"{torch.backends.cpu.get_cpu_capability()} CPU, where it runs ~10x slower than fp32")
+            log.warning(msg)
+            self._log({"step": self.step, "event": msg})
 
     # ---- state ------------------------------------------------------------------------------
     @property

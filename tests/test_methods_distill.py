@@ -157,6 +157,22 @@ def test_teacher_temperature_warmup():
     assert temps == pytest.approx([0.04, 0.055, 0.07, 0.07])
 
 
+def test_teacher_temperature_warmup_as_a_fraction_follows_the_plan():
+    m = make_dino(warmup_teacher_temp_epochs=30, warmup_teacher_temp_fraction=0.2)
+    m.on_schedule(26)  # round(0.2 x 26) = 5 warm-up epochs, whatever the epoch option says
+    assert m.warmup_teacher_temp_epochs == 5
+    m.on_schedule(12)  # re-planned (fit_to_budget): round(2.4) = 2
+    temps = []
+    for epoch in range(3):
+        temps.append(m(feats(4))[1]["teacher_temp"])
+        m.on_epoch_end(epoch, None)
+    assert temps == pytest.approx([0.04, 0.07, 0.07])
+    m.on_schedule(1)  # never below one warm-up epoch
+    assert m.warmup_teacher_temp_epochs == 1
+    with pytest.raises(ValueError, match="warmup_teacher_temp_fraction"):
+        make_dino(warmup_teacher_temp_fraction=1.0)
+
+
 def test_last_layer_frozen_only_in_first_epoch():
     m = make_dino(freeze_last_layer=1)
     last = [p for p in m.head.last_layer.parameters() if p.requires_grad]
@@ -441,6 +457,18 @@ def test_stage_schedule_switches_at_configured_epochs():
     assert len(trainer.calls) == 3 and int(m.epoch) == 7
     # without prototypes configured, stage 2 never starts
     assert make_c3(reweight_start_epoch=1, proto_start_epoch=2).stage(5) == 1
+
+
+def test_stage_starts_as_fractions_follow_the_planned_epochs():
+    m = make_c3(n_clusters=[3], reweight_start_epoch=50, proto_start_epoch=60,
+                reweight_start_fraction=0.25, proto_start_fraction=0.5)
+    m.on_schedule(8)
+    assert [m.stage(e) for e in range(8)] == [0, 0, 1, 1, 2, 2, 2, 2]
+    m.on_schedule(4)  # a slower machine: fit_to_budget re-plans to 4 epochs
+    assert (m.reweight_start_epoch, m.proto_start_epoch) == (1, 2)
+    assert [m.stage(e) for e in range(4)] == [0, 1, 2, 2]
+    with pytest.raises(ValueError, match="proto_start_fraction"):
+        make_c3(proto_start_fraction=1.5)
 
 
 def test_c3_state_dict_round_trip_resizes_prototypes():

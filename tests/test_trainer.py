@@ -181,6 +181,8 @@ def test_fit_to_budget_replans_epochs_so_the_schedule_ends_in_time(corpus, tmp_p
     t = Trainer(make_cfg(corpus, f"train.epochs={planned}", "train.fit_to_budget=true"), tmp_path / "run")
     step = t.method.after_step
     monkeypatch.setattr(t.method, "after_step", lambda s, total: (now.__setitem__(0, now[0] + 10), step(s, total)))
+    plans = []
+    monkeypatch.setattr(t.method, "on_schedule", plans.append)
     result = t.train(max_minutes=2)
     # 120 s / 20 s per epoch = 6 epochs, whether the recipe planned fewer (3) or more (100)
     assert t.planned_epochs == 6 and result["finished"] and (t.step, t.epoch) == (12, 6)
@@ -188,6 +190,24 @@ def test_fit_to_budget_replans_epochs_so_the_schedule_ends_in_time(corpus, tmp_p
     assert logs[-1]["step"] == 12 and logs[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the cosine ended
     assert [r["planned_epochs"] for r in logs if "planned_epochs" in r] == [6]
     assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["planned_epochs"] == 6
+    assert plans == ([100, 6] if planned == 100 else [3, 6])  # the method heard every plan
+
+
+def test_warmup_fraction_follows_the_planned_steps():
+    from sslspeaker.training.build import build_scheduler
+
+    total = [100]
+    cfg = load_config(None, ["optim.lr=1.0", "optim.warmup_fraction=0.1", "optim.schedule=constant"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(cfg, opt, lambda: total[0])
+    assert opt.param_groups[0]["lr"] == pytest.approx(1 / 10)  # step 0 of a 10-step warm-up
+    total[0] = 40  # re-planned: the warm-up shrinks to 4 steps
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(2 / 4)
+    for bad in (["optim.warmup_fraction=1.0"], ["optim.warmup_fraction=0.1", "optim.warmup_steps=5"]):
+        with pytest.raises(ConfigError, match="optim.warmup_fraction"):
+            build_scheduler(load_config(None, bad), opt, lambda: 10)
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -82,6 +82,7 @@ class OptimConfig:
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # cosine | constant
     warmup_steps: int = 0
+    warmup_fraction: float = 0.0  # warm-up as a fraction of the planned steps (follows fit_to_budget re-plans)
     grad_clip: float = 0.0  # max global grad norm; 0 = off
 
 

@@ -33,6 +33,10 @@ class Method(nn.Module):
     def on_epoch_end(self, epoch: int, context: Any) -> None:
         """Epoch-end work (clustering in later methods); default no-op."""
 
+    def on_schedule(self, planned_epochs: int) -> None:
+        """Told the planned number of epochs at the start and whenever the trainer re-plans it
+        (train.fit_to_budget), so schedules given as fractions of the run can follow; default no-op."""
+
     def on_train_start(self, n_train_examples: int, global_batch_size: int) -> None:
         """Once before training (before DDP wrapping): adapt to the data size; default no-op."""
 

@@ -93,6 +93,8 @@ class C3MoCo(MoCo):
         *,
         reweight_start_epoch: int = 10,
         proto_start_epoch: int = 20,
+        reweight_start_fraction: float | None = None,
+        proto_start_fraction: float | None = None,
         fn_ratio: float = 0.8,
         fn_min_pos: float = 0.4,
         tn_weight: float = 1.0,
@@ -118,9 +120,15 @@ class C3MoCo(MoCo):
             raise ValueError(f"c3_moco: every n_clusters value must be >= 2, got {n_clusters}")
         if reweight_start_epoch < 0 or proto_start_epoch < 0:
             raise ValueError("c3_moco: stage start epochs must be >= 0")
+        for name, f in (("reweight_start_fraction", reweight_start_fraction),
+                        ("proto_start_fraction", proto_start_fraction)):
+            if f is not None and not 0.0 <= f <= 1.0:
+                raise ValueError(f"c3_moco: {name} must be in [0, 1], got {f}")
         if cluster_backend not in ("torch", "sklearn"):
             raise ValueError(f"c3_moco: cluster_backend must be 'torch' or 'sklearn', got {cluster_backend!r}")
         self.reweight_start_epoch, self.proto_start_epoch = reweight_start_epoch, proto_start_epoch
+        # fractions of the planned epochs, when given, replace the start epochs (see on_schedule)
+        self.reweight_start_fraction, self.proto_start_fraction = reweight_start_fraction, proto_start_fraction
         self.fn_ratio, self.fn_min_pos = fn_ratio, fn_min_pos
         self.tn_weight, self.fn_weight = tn_weight, fn_weight
         self.filter_false_negatives = filter_false_negatives
@@ -145,6 +153,13 @@ class C3MoCo(MoCo):
         if self.n_clusters and self.proto_weight > 0 and e >= self.proto_start_epoch:
             return 2
         return 1 if e >= self.reweight_start_epoch else 0
+
+    def on_schedule(self, planned_epochs: int) -> None:
+        """Stage starts given as fractions become epochs: start = round(fraction · planned epochs)."""
+        if self.reweight_start_fraction is not None:
+            self.reweight_start_epoch = round(self.reweight_start_fraction * planned_epochs)
+        if self.proto_start_fraction is not None:
+            self.proto_start_epoch = round(self.proto_start_fraction * planned_epochs)
 
     def reweighting(self, epoch: int | None = None) -> bool:
         e = int(self.epoch) if epoch is None else epoch

@@ -135,6 +135,7 @@ class DINO(Method):
         teacher_temp: float = 0.07,
         warmup_teacher_temp: float = 0.04,
         warmup_teacher_temp_epochs: int = 30,
+        warmup_teacher_temp_fraction: float = 0.0,
         student_temp: float = 0.1,
         center_momentum: float = 0.99,
         freeze_last_layer: int = 1,
@@ -148,9 +149,14 @@ class DINO(Method):
             raise ValueError("dino: momentum, momentum_final and center_momentum must be in [0, 1]")
         if warmup_teacher_temp_epochs < 0 or freeze_last_layer < 0:
             raise ValueError("dino: warmup_teacher_temp_epochs and freeze_last_layer must be >= 0")
+        if not 0.0 <= warmup_teacher_temp_fraction < 1.0:
+            raise ValueError(f"dino: warmup_teacher_temp_fraction must be in [0, 1), got {warmup_teacher_temp_fraction}")
         self.momentum_base, self.momentum_final = momentum, momentum_final
         self.teacher_temp, self.warmup_teacher_temp = teacher_temp, warmup_teacher_temp
         self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        # > 0: the warm-up is this fraction of the planned epochs ([wespeaker]'s
+        # warmup_teacher_temp_epochs_ratio), set by on_schedule and kept in step with re-plans
+        self.warmup_teacher_temp_fraction = warmup_teacher_temp_fraction
         self.student_temp, self.center_momentum = student_temp, center_momentum
         self.freeze_last_layer = freeze_last_layer
 
@@ -243,6 +249,11 @@ class DINO(Method):
         momentum_update_(self.key_encoder, self.encoder, m)
         momentum_update_(self.key_head, self.head, m)
         self.momentum_now.fill_(m)
+
+    def on_schedule(self, planned_epochs: int) -> None:
+        """With warmup_teacher_temp_fraction > 0: warm-up epochs = max(1, round(fraction · planned epochs))."""
+        if self.warmup_teacher_temp_fraction > 0:
+            self.warmup_teacher_temp_epochs = max(1, round(self.warmup_teacher_temp_fraction * planned_epochs))
 
     def on_epoch_end(self, epoch: int, context=None) -> None:
         """Advance the epoch counter that drives the teacher temperature and the last-layer freeze."""

@@ -106,5 +106,13 @@ def build_scheduler(cfg: Config, optimizer, total_steps: Callable[[], int]):
     o = cfg.optim
     if o.schedule not in ("cosine", "constant"):
         raise ConfigError(f"optim.schedule={o.schedule!r}: expected cosine or constant")
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps(), o.warmup_steps, o.schedule))
+    if not 0.0 <= o.warmup_fraction < 1.0 or (o.warmup_fraction and o.warmup_steps):
+        raise ConfigError(f"optim.warmup_fraction={o.warmup_fraction}: expected 0 <= f < 1, and not together "
+                          f"with optim.warmup_steps={o.warmup_steps}")
+
+    def factor(step: int) -> float:
+        total = total_steps()
+        warmup = o.warmup_steps or round(o.warmup_fraction * total)
+        return lr_factor(step, total, warmup, o.schedule)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

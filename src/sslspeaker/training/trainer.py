@@ -255,6 +255,7 @@ class Trainer:
         fit = t.fit_to_budget and max_minutes is not None
         epoch_seconds: list[float] = []  # wall time per full epoch, epoch-end work included
         epoch_t0, epoch_step0 = time.perf_counter(), self.step
+        self.method.on_schedule(self.planned_epochs)
         while self.epoch < self.planned_epochs and not stopped:
             for batch in self._loader():
                 self.batch_in_epoch += 1  # consumed, even if its step is skipped below
@@ -336,6 +337,7 @@ class Trainer:
             self._log({"step": self.step, "epoch": self.epoch, "event": "re-planned to fit the time budget",
                        "planned_epochs": planned, "epoch_seconds": round(per_epoch, 2)})
             self.planned_epochs = planned
+            self.method.on_schedule(planned)
             bar.total = self.total_steps
             bar.refresh()
 

@@ -17,7 +17,7 @@ from torch import nn
 from conftest import TinyEncoder
 from sslspeaker.methods import build_method, list_methods
 from sslspeaker.methods.losses import (aam_softmax_logits, am_softmax_logits, angular_prototypical_logits, info_nce,
-                                       nt_xent, prototypical_logits, supcon)
+                                       nt_xent, positive_top1, prototypical_logits, supcon)
 from sslspeaker.methods.views import encode_views
 
 N_MELS, FRAMES, DIM = 6, 10, 8
@@ -396,3 +396,19 @@ def test_recipe_loads_and_builds(recipe, tmp_path, monkeypatch):
         assert cfg.data.labelled_fraction == 0.15
     if "am_sym" in recipe:
         assert method.symmetric and method.margin > 0
+
+
+def test_positive_top1_adds_the_margin_back_and_skips_masked_negatives():
+    tau, m = 0.1, 0.2
+    cos = torch.tensor([[0.5, 0.4, 0.1],      # positive (col 0) beats 0.4 by cosine, not after the margin
+                        [0.3, 0.35, -1.0],    # a negative outscores the positive
+                        [0.45, 0.9, 0.2]])    # the positive is column 2 (0.2); column 0 (0.45) outscores it
+    target = torch.tensor([0, 0, 2])
+    logits = cos / tau
+    logits[torch.arange(3), target] -= m / tau
+    logits[2, 1] = -torch.inf                 # masked (own key): not a competitor
+    assert (logits.argmax(dim=1) == target).float().mean() == 0.0  # what the margin-adjusted argmax reported
+    # row 0: 0.5 > 0.4 yes; row 1: 0.3 < 0.35 no; row 2: 0.2 < 0.45 (column 1 masked) no
+    assert float(positive_top1(logits, target, m, tau)) == pytest.approx(1 / 3)
+    logits[2, 0] = -torch.inf                 # with column 0 masked as well, nothing outscores row 2's positive
+    assert float(positive_top1(logits, target, m, tau)) == pytest.approx(2 / 3)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..distributed import broadcast
 from .clustering import concentration, kmeans
+from .losses import positive_top1
 from .moco import MoCo
 from .registry import register_method
 
@@ -181,20 +182,20 @@ class C3MoCo(MoCo):
         if own is not None:  # keys of the anchor's own utterance are neither negatives nor flagged
             neg = neg.masked_fill(own, -torch.inf)
         logits = torch.cat([(pos - self.margin)[:, None], neg], dim=1) / self.temperature
+        zeros = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
         if reweight:
             pairs = false_negative_pairs(pos, neg, self.fn_ratio, self.fn_min_pos)
             flagged = pairs.any(dim=1)
             if self.filter_false_negatives:
                 logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(pairs, float("-inf"))], dim=1)
-            per_anchor = F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device),
-                                         reduction="none")
+            per_anchor = F.cross_entropy(logits, zeros, reduction="none")
             loss = reweighted_info_nce(per_anchor, flagged, self.tn_weight, self.fn_weight)
         else:
             flagged = torch.zeros(q.shape[0], dtype=torch.bool, device=q.device)
-            loss = F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+            loss = F.cross_entropy(logits, zeros)
         with torch.no_grad():
-            stats = torch.stack([
-                pos.mean(), stats_neg, (logits.argmax(dim=1) == 0).float().mean(), flagged.float().mean()])
+            top1 = positive_top1(logits, zeros, self.margin, self.temperature)
+            stats = torch.stack([pos.mean(), stats_neg, top1, flagged.float().mean()])
         return loss, stats
 
     def _proto(self, q: Tensor, index: Tensor) -> Tensor:

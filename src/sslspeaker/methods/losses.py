@@ -24,6 +24,16 @@ def contrastive_logits(
         return torch.cat([pos, neg], dim=1) / temperature
 
 
+def positive_top1(logits: Tensor, target: Tensor, margin: float, temperature: float) -> Tensor:
+    """Fraction of rows i with cos(q_i, k⁺_i) > max_j cos(q_i, n_j): the positive's margin added back, so an
+    additive margin (which the loss demands) does not hide the retrieval accuracy of the embedding."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    pos = logits[rows, target] + margin / temperature
+    others = logits.detach().clone()
+    others[rows, target] = -torch.inf
+    return (pos > others.max(dim=1).values).float().mean()
+
+
 def info_nce(q: Tensor, k_pos: Tensor, queue: Tensor, temperature: float, margin: float = 0.0) -> Tensor:
     """L = mean_i −log e^((q_i·k⁺_i − m)/τ) / (e^((q_i·k⁺_i − m)/τ) + Σ_j e^(q_i·k_j/τ))  (MoCo eq. 1; m: MoCo-AM)."""
     logits = contrastive_logits(q, k_pos, queue, temperature, margin)

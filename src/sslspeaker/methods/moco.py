@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..distributed import broadcast, gather_nograd, get_rank, get_world_size
 from .base import Method, momentum_update_
-from .losses import contrastive_logits, positive_cross_entropy
+from .losses import contrastive_logits, positive_cross_entropy, positive_top1
 from .registry import register_method
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class MoCo(Method):
                 loss.detach(),
                 logits[:, 0].mean() * self.temperature + self.margin,
                 logits[:, 1:].mean() * self.temperature,
-                (logits.argmax(dim=1) == 0).float().mean(),
+                positive_top1(masked, torch.zeros_like(masked[:, 0], dtype=torch.long), self.margin, self.temperature),
             ])
         return loss, stats
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..distributed import gather_with_grad
 from ..models.heads import build_head
 from .base import Method
-from .losses import nt_xent_logits
+from .losses import nt_xent_logits, positive_top1
 from .registry import register_method
 from .views import check_views, encode_views, local_offset
 
@@ -88,5 +88,5 @@ class SimCLR(Method):
             neg_mask = torch.isfinite(logits)
             neg_mask[rows, target] = False
             neg = (logits * self.temperature).masked_fill(~neg_mask, 0.0).sum() / neg_mask.sum()
-            stats = torch.stack([loss.detach(), pos.mean(), neg, (logits.argmax(dim=1) == target).float().mean()])
+            stats = torch.stack([loss.detach(), pos.mean(), neg, positive_top1(logits, target, self.margin, self.temperature)])
         return loss, dict(zip(("loss", "pos_cos", "neg_cos", "top1"), stats.tolist()))

@@ -46,6 +46,7 @@ def main() -> None:
     so = root / "speechocean762"
     cfg = load_config(args.recipe, ["validation.every_epochs=0", *args.overrides])
     run_dir = Path(args.out) / label
+    code = commit()  # the code this run imports now: later commits while it trains are not in it
     t0 = time.perf_counter()
     trainer = Trainer(cfg, run_dir)
     result = trainer.train(max_minutes=args.minutes)
@@ -62,7 +63,7 @@ def main() -> None:
     row["overrides"] = " ".join(args.overrides) or "-"
     row["group"] = args.group
     row["cpu"] = cpu_kind()  # rows compare only within one CPU kind: the budget is wall time
-    row["commit"] = commit()  # overrides are relative to the recipe as it was at this commit
+    row["commit"] = code  # overrides are relative to the recipe as it was at this commit
     print(json.dumps(row), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(l) for l in open(RESULTS)] if RESULTS.exists() else []

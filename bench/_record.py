@@ -53,7 +53,9 @@ def cpu_kind() -> str:
 def commit() -> str:
     try:
         rev = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
-        dirty = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, text=True)
+        # benchmark outputs (this file's own writes) are not code: they do not make a run "+local changes"
+        dirty = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                         ":!BENCHMARKS.md", ":!bench/results"], cwd=ROOT, text=True)
         return rev + ("+local changes" if dirty.strip() else "")
     except Exception:
         return "unknown"

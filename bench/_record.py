@@ -68,12 +68,13 @@ def table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(out)
 
 
-def record(name: str, title: str, body: str, command: str | None = None) -> None:
-    """Replace (or append) section ``name`` of BENCHMARKS.md."""
+def record(name: str, title: str, body: str, command: str | None = None, code: str | None = None) -> None:
+    """Replace (or append) section ``name`` of BENCHMARKS.md; ``code``: the commit a long run imported at its
+    start (default: HEAD now)."""
     command = command or "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = (f"<!-- bench:{name} -->\n## {title}\n\n{body.strip()}\n\n"
-               f"- command: `{command}`\n- commit: {commit()}\n- machine: {machine()}\n- date: {stamp}\n"
+               f"- command: `{command}`\n- commit: {code or commit()}\n- machine: {machine()}\n- date: {stamp}\n"
                f"<!-- /bench:{name} -->")
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)

@@ -51,7 +51,7 @@ def main() -> None:
     if args.no_record:
         return
     if args.group == "screening":
-        return record_screening(rows, args.label or " ".join(args.overrides) or "packaged")
+        return record_screening(rows, args.label or " ".join(args.overrides) or "packaged", code)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("".join(json.dumps(r) + "\n" for r in rows))
     body = table(rows, list(rows[0]))
@@ -62,10 +62,10 @@ def main() -> None:
              "project's generator, MoCo without labels for the recipe's time budget, evaluation of the same "
              "network before and after training on speakers never seen in training. Issue 4's limit: 10 minutes "
              "in total on 2 cores.")
-    record("demo", "The demo (`sslspeaker demo`): time and EER on unseen synthetic speakers", body)
+    record("demo", "The demo (`sslspeaker demo`): time and EER on unseen synthetic speakers", body, code=code)
 
 
-def record_screening(rows: list[dict], label: str) -> None:
+def record_screening(rows: list[dict], label: str, code: str) -> None:
     """Rows of a candidate demo setting join the accumulating screening table (one label's rows replaced)."""
     old = [json.loads(l) for l in open(SCREENING)] if SCREENING.exists() else []
     rows = [r for r in old if r["run"] != label] + [{"run": label, **r} for r in rows]
@@ -75,7 +75,7 @@ def record_screening(rows: list[dict], label: str) -> None:
     body += ("\n\nCandidate demo settings (overrides of `configs/demo.yaml`), each run as "
              "`python bench/demo.py --seeds S OVERRIDES --group screening --label RUN`; rows accumulate in "
              "`bench/results/demo_screening.jsonl` and compare only within one cpu kind (the budget is wall time).")
-    record("demo_screening", "Demo recipe screening: candidate settings on unseen synthetic speakers", body)
+    record("demo_screening", "Demo recipe screening: candidate settings on unseen synthetic speakers", body, code=code)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def main() -> None:
     rows = [r for r in rows if r["run"] != label] + [row]
     RESULTS.write_text("".join(json.dumps(r) + "\n" for r in rows))
     if not args.no_record:
-        write_table(args)
+        write_table(args, code)
 
 
 GROUPS = {
@@ -80,7 +80,7 @@ GROUPS = {
 }
 
 
-def write_table(args) -> None:
+def write_table(args, code: str | None = None) -> None:
     rows = [json.loads(l) for l in open(RESULTS)]
     body = ""
     for group, title in GROUPS.items():
@@ -101,7 +101,7 @@ def write_table(args) -> None:
              "or 8e73379 (x6_*: the same recipe with the 2-core data path), before the recipe took the "
              "x6 findings (1-s crops, momentum 0.99, lr 0.1, torch.compile).")
     record("dev_protocol", "Development protocol: speechocean762 dev trials after a fixed CPU budget", body,
-           command="python bench/dev_protocol.py " + " ".join(sys.argv[1:]))
+           command="python bench/dev_protocol.py " + " ".join(sys.argv[1:]), code=code)
 
 
 if __name__ == "__main__":

@@ -593,3 +593,15 @@ def test_trainer_resume_is_exact(method, corpus, tmp_path):
         assert [r["stage"] for r in logs[0] if "stage" in r] == [0, 0, 2, 2, 2, 2]
     else:
         assert [r["teacher_temp"] for r in logs[0] if "loss" in r][::2] == pytest.approx([0.04, 0.07, 0.07])
+
+
+def test_dino_trains_compiled_on_two_crop_lengths(corpus, tmp_path):
+    """train.compile with global and local crops: a static graph per crop length (with automatic dynamic
+    shapes Inductor failed on the second length: 'cannot determine truth value of Relational')."""
+    from sslspeaker.training.trainer import Trainer
+
+    options, extra = CASES["dino"]
+    t = Trainer(_trainer_cfg(corpus, "dino", options, *extra, "model.encoder=fast_resnet34",
+                             "model.options={embed_dim: 16}", "train.compile=true", "train.epochs=1"), tmp_path)
+    result = t.train()
+    assert result["step"] == 2 and math.isfinite(result["loss"])

@@ -128,9 +128,11 @@ class Trainer:
         if t.compile:
             # Compile the encoders in place (state_dict keys unchanged), not the method: its queue
             # and momentum updates are in-place bookkeeping that graph capture would reorder.
+            # Static shapes: training has a fixed few (global and local crops), one graph each; with
+            # automatic dynamic shapes Inductor failed on DINO's two crop lengths (torch 2.13).
             for name in ("encoder", "key_encoder"):
                 if isinstance(getattr(self.method, name, None), torch.nn.Module):
-                    getattr(self.method, name).compile()
+                    getattr(self.method, name).compile(dynamic=False)
         self.forward = self.model
         self.optimizer = build_optimizer(cfg, self.method.parameters())
         self.scheduler = build_scheduler(cfg, self.optimizer, lambda: self.total_steps)
@@ -378,8 +380,9 @@ class Trainer:
         trials = read_trials(v.trials)
         root = v.audio_root or str(Path(v.trials).parent)
         paths = [resolve(p, root) for t in trials for p in (t.a, t.b)]
-        emb = embed_files(self.method.inference_encoder(), self.features, paths, self.device, v.max_seconds,
-                          progress=False)
+        with torch.compiler.set_stance("force_eager"):  # full utterances: a static graph per length would not pay
+            emb = embed_files(self.method.inference_encoder(), self.features, paths, self.device, v.max_seconds,
+                              progress=False)
         scores = cosine_trial_scores(trials, emb, root)
         labels = np.array([t.label for t in trials])
         eer, thr = compute_eer(scores, labels)

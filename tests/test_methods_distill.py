@@ -467,6 +467,12 @@ def test_stage_starts_as_fractions_follow_the_planned_epochs():
     m.on_schedule(4)  # a slower machine: fit_to_budget re-plans to 4 epochs
     assert (m.reweight_start_epoch, m.proto_start_epoch) == (1, 2)
     assert [m.stage(e) for e in range(4)] == [0, 1, 2, 2]
+    m.epoch.fill_(2)  # in ProtoNCE since this epoch; a faster machine re-plans to 10 epochs
+    m.on_schedule(10)
+    assert (m.reweight_start_epoch, m.proto_start_epoch) == (1, 2)  # entered stages are kept
+    m.epoch.fill_(1)  # only the re-weighting stage entered: the ProtoNCE start still follows the plan
+    m.on_schedule(10)
+    assert (m.reweight_start_epoch, m.proto_start_epoch) == (1, 5)
     with pytest.raises(ValueError, match="proto_start_fraction"):
         make_c3(proto_start_fraction=1.5)
 
@@ -475,8 +481,9 @@ def test_c3_state_dict_round_trip_resizes_prototypes():
     a = make_c3(n_clusters=[3, 4], proto_start_epoch=1)
     a.clamp_queue(24, 8)
     a.on_epoch_end(0, FakeTrainer(24))
-    b = make_c3(seed=3, n_clusters=[3, 4], proto_start_epoch=1)
+    b = make_c3(seed=3, n_clusters=[3, 4], reweight_start_epoch=7, proto_start_epoch=9)
     b.load_state_dict(a.state_dict())
+    assert (b.reweight_start_epoch, b.proto_start_epoch) == (10, 1)  # the starts (re-plans) travel with it
     for name, buf in a.named_buffers():
         assert torch.equal(buf, dict(b.named_buffers())[name]), name
     x, idx = feats(8, seed=5), torch.arange(8)
@@ -490,6 +497,10 @@ def test_c3_registry():
     assert isinstance(m, C3MoCo) and m.wants == ("index",)
     loss, logs = m(feats(8))
     assert torch.isfinite(loss) and logs["stage"] == 0.0  # default: InfoNCE until epoch 10
+    old = {k: v for k, v in m.state_dict().items() if k != "stage_starts"}  # saved before the starts were
+    fresh = build_method("c3_moco", TinyEncoder(), queue_size=16, n_clusters=[3], proto_start_epoch=4)
+    fresh.load_state_dict(old)
+    assert (fresh.reweight_start_epoch, fresh.proto_start_epoch) == (10, 4)
     with pytest.raises(ValueError, match="unknown option.*n_cluster;"):
         build_method("c3_moco", TinyEncoder(), n_cluster=[3])
 

@@ -127,7 +127,8 @@ class C3MoCo(MoCo):
                 raise ValueError(f"c3_moco: {name} must be in [0, 1], got {f}")
         if cluster_backend not in ("torch", "sklearn"):
             raise ValueError(f"c3_moco: cluster_backend must be 'torch' or 'sklearn', got {cluster_backend!r}")
-        self.reweight_start_epoch, self.proto_start_epoch = reweight_start_epoch, proto_start_epoch
+        # stage start epochs live in the checkpoint: a resumed run keeps the starts its re-plans chose
+        self.register_buffer("stage_starts", torch.tensor([reweight_start_epoch, proto_start_epoch]))
         # fractions of the planned epochs, when given, replace the start epochs (see on_schedule)
         self.reweight_start_fraction, self.proto_start_fraction = reweight_start_fraction, proto_start_fraction
         self.fn_ratio, self.fn_min_pos = fn_ratio, fn_min_pos
@@ -148,6 +149,22 @@ class C3MoCo(MoCo):
             self.register_buffer(f"proto_phi_{m}", torch.zeros(0))
 
     # ---- stages ---------------------------------------------------------------------------
+    @property
+    def reweight_start_epoch(self) -> int:
+        return int(self.stage_starts[0])
+
+    @reweight_start_epoch.setter
+    def reweight_start_epoch(self, epoch: int) -> None:
+        self.stage_starts[0] = epoch
+
+    @property
+    def proto_start_epoch(self) -> int:
+        return int(self.stage_starts[1])
+
+    @proto_start_epoch.setter
+    def proto_start_epoch(self, epoch: int) -> None:
+        self.stage_starts[1] = epoch
+
     def stage(self, epoch: int | None = None) -> int:
         """0: InfoNCE, 1: re-weighted InfoNCE, 2: re-weighted InfoNCE + ProtoNCE (its loss once prototypes exist)."""
         e = int(self.epoch) if epoch is None else epoch
@@ -157,10 +174,14 @@ class C3MoCo(MoCo):
 
     def on_schedule(self, planned_epochs: int) -> None:
         """Stage starts given as fractions become epochs: start = round(fraction · planned epochs)."""
-        if self.reweight_start_fraction is not None:
-            self.reweight_start_epoch = round(self.reweight_start_fraction * planned_epochs)
-        if self.proto_start_fraction is not None:
-            self.proto_start_epoch = round(self.proto_start_fraction * planned_epochs)
+        def replan(start: int, fraction: float | None) -> int:
+            # a stage already entered stays entered: a faster machine's longer re-plan must not
+            # send a run back from ProtoNCE (its prototypes already computed) to plain InfoNCE
+            if fraction is None or (int(self.epoch) > 0 and int(self.epoch) >= start):
+                return start
+            return round(fraction * planned_epochs)
+        self.reweight_start_epoch = replan(self.reweight_start_epoch, self.reweight_start_fraction)
+        self.proto_start_epoch = replan(self.proto_start_epoch, self.proto_start_fraction)
 
     def reweighting(self, epoch: int | None = None) -> bool:
         e = int(self.epoch) if epoch is None else epoch
@@ -276,6 +297,7 @@ class C3MoCo(MoCo):
         self.proto_epoch.fill_(epoch)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        state_dict.setdefault(prefix + "stage_starts", self.stage_starts)  # checkpoints from before it was saved
         # prototypes depend on the data size and k: adopt the saved shapes
         for m in range(len(self.n_clusters)):
             for name in (f"proto_assign_{m}", f"proto_centroids_{m}", f"proto_phi_{m}"):

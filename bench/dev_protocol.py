@@ -96,7 +96,9 @@ def write_table(args, code: str | None = None) -> None:
              "held-out speakers). References measured on the Xeon (issue 3): sslsv MoCo after 30 min 23.8 % EER; "
              "untrained encoder 31.7 %; MFCC mean+std statistics, no learning, 11.3 %; Resemblyzer 9.2 %. "
              f"Each row's exact command: `python bench/dev_protocol.py RECIPE OVERRIDES --minutes M --label RUN`; "
-             "rows accumulate in `bench/results/dev_protocol.jsonl`. Overrides are relative to the recipe at the "
+             "rows accumulate in `bench/results/dev_protocol.jsonl`. Table 1 rows ran with `--minutes 60 --group "
+             "table1` and the overrides `train.epochs=N train.fit_to_budget=false` (equal steps; minutes is what "
+             "each took). Overrides are relative to the recipe at the "
              "row's commit; rows without one ran at 868461d (A-I, moco_30min: 1.8-s crops, momentum 0.999, lr 0.03) "
              "or 8e73379 (x6_*: the same recipe with the 2-core data path), before the recipe took the "
              "x6 findings (1-s crops, momentum 0.99, lr 0.1, torch.compile).")

@@ -149,21 +149,14 @@ class C3MoCo(MoCo):
             self.register_buffer(f"proto_phi_{m}", torch.zeros(0))
 
     # ---- stages ---------------------------------------------------------------------------
-    @property
-    def reweight_start_epoch(self) -> int:
-        return int(self.stage_starts[0])
+    @staticmethod
+    def _stage_start(index: int) -> property:
+        """A stage's start epoch, read from and written to the ``stage_starts`` buffer."""
+        return property(lambda self: int(self.stage_starts[index]),
+                        lambda self, epoch: self.stage_starts.__setitem__(index, epoch))
 
-    @reweight_start_epoch.setter
-    def reweight_start_epoch(self, epoch: int) -> None:
-        self.stage_starts[0] = epoch
-
-    @property
-    def proto_start_epoch(self) -> int:
-        return int(self.stage_starts[1])
-
-    @proto_start_epoch.setter
-    def proto_start_epoch(self, epoch: int) -> None:
-        self.stage_starts[1] = epoch
+    reweight_start_epoch = _stage_start(0)
+    proto_start_epoch = _stage_start(1)
 
     def stage(self, epoch: int | None = None) -> int:
         """0: InfoNCE, 1: re-weighted InfoNCE, 2: re-weighted InfoNCE + ProtoNCE (its loss once prototypes exist)."""

@@ -167,8 +167,18 @@ def test_teacher_temperature_warmup_as_a_fraction_follows_the_plan():
         temps.append(m(feats(4))[1]["teacher_temp"])
         m.on_epoch_end(epoch, None)
     assert temps == pytest.approx([0.04, 0.07, 0.07])
-    m.on_schedule(1)  # never below one warm-up epoch
-    assert m.warmup_teacher_temp_epochs == 1
+    m.on_schedule(30)  # a longer re-plan after the warm-up ended keeps it ended (not 6 epochs, 0.058 now)
+    assert m.warmup_teacher_temp_epochs == 2 and m(feats(4))[1]["teacher_temp"] == pytest.approx(0.07)
+    # the warm-up length travels with the checkpoint; checkpoints from before it was saved still load
+    resumed = make_dino(warmup_teacher_temp_epochs=30, warmup_teacher_temp_fraction=0.2)
+    resumed.load_state_dict(m.state_dict())
+    resumed.on_schedule(30)
+    assert resumed.warmup_teacher_temp_epochs == 2
+    old = {k: v for k, v in m.state_dict().items() if k != "warmup_epochs"}
+    make_dino(warmup_teacher_temp_epochs=30).load_state_dict(old)
+    fresh = make_dino(warmup_teacher_temp_epochs=30, warmup_teacher_temp_fraction=0.2)
+    fresh.on_schedule(1)  # never below one warm-up epoch
+    assert fresh.warmup_teacher_temp_epochs == 1
     with pytest.raises(ValueError, match="warmup_teacher_temp_fraction"):
         make_dino(warmup_teacher_temp_fraction=1.0)
 

@@ -45,6 +45,15 @@ class Method(nn.Module):
         return self.encoder
 
 
+def replanned_point(point: int, reached: int, fraction: float | None, planned: int, minimum: int = 0) -> int:
+    """A schedule point given as a fraction of the run: max(minimum, round(fraction · planned)), kept once passed."""
+    # A passed point (a stage entered, a warm-up ended) stays where it was: a longer re-plan under
+    # train.fit_to_budget must not send a run back into an earlier stage or into its warm-up.
+    if fraction is None or (reached > 0 and reached >= point):
+        return point
+    return max(minimum, round(fraction * planned))
+
+
 @torch.no_grad()
 def momentum_update_(target: nn.Module, source: nn.Module, momentum: float) -> None:
     """θ_t ← m·θ_t + (1−m)·θ_s for parameters; buffers (BN running statistics) are copied from source."""

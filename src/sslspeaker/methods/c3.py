@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributed import broadcast
+from .base import replanned_point
 from .clustering import concentration, kmeans
 from .losses import positive_top1
 from .moco import MoCo
@@ -167,14 +168,11 @@ class C3MoCo(MoCo):
 
     def on_schedule(self, planned_epochs: int) -> None:
         """Stage starts given as fractions become epochs: start = round(fraction · planned epochs)."""
-        def replan(start: int, fraction: float | None) -> int:
-            # a stage already entered stays entered: a faster machine's longer re-plan must not
-            # send a run back from ProtoNCE (its prototypes already computed) to plain InfoNCE
-            if fraction is None or (int(self.epoch) > 0 and int(self.epoch) >= start):
-                return start
-            return round(fraction * planned_epochs)
-        self.reweight_start_epoch = replan(self.reweight_start_epoch, self.reweight_start_fraction)
-        self.proto_start_epoch = replan(self.proto_start_epoch, self.proto_start_fraction)
+        # an entered stage is kept: a run in ProtoNCE (prototypes computed) never falls back to InfoNCE
+        e = int(self.epoch)
+        self.reweight_start_epoch = replanned_point(self.reweight_start_epoch, e, self.reweight_start_fraction,
+                                                    planned_epochs)
+        self.proto_start_epoch = replanned_point(self.proto_start_epoch, e, self.proto_start_fraction, planned_epochs)
 
     def reweighting(self, epoch: int | None = None) -> bool:
         e = int(self.epoch) if epoch is None else epoch

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from ..distributed import get_world_size
 from ..models.heads import build_head
-from .base import Method, momentum_update_
+from .base import Method, momentum_update_, replanned_point
 from .registry import register_method
 
 __all__ = [
@@ -153,9 +153,9 @@ class DINO(Method):
             raise ValueError(f"dino: warmup_teacher_temp_fraction must be in [0, 1), got {warmup_teacher_temp_fraction}")
         self.momentum_base, self.momentum_final = momentum, momentum_final
         self.teacher_temp, self.warmup_teacher_temp = teacher_temp, warmup_teacher_temp
-        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
         # > 0: the warm-up is this fraction of the planned epochs ([wespeaker]'s
-        # warmup_teacher_temp_epochs_ratio), set by on_schedule and kept in step with re-plans
+        # warmup_teacher_temp_epochs_ratio), set by on_schedule and kept in step with re-plans;
+        # its length lives in the checkpoint so that a resumed run keeps what its re-plans chose
         self.warmup_teacher_temp_fraction = warmup_teacher_temp_fraction
         self.student_temp, self.center_momentum = student_temp, center_momentum
         self.freeze_last_layer = freeze_last_layer
@@ -169,6 +169,7 @@ class DINO(Method):
             p.requires_grad_(False)
 
         self.register_buffer("center", torch.zeros(1, out_dim))
+        self.register_buffer("warmup_epochs", torch.tensor(warmup_teacher_temp_epochs))
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
         self.register_buffer("momentum_now", torch.tensor(float(momentum), dtype=torch.float64))
         for p in self.head.last_layer.parameters():
@@ -176,6 +177,14 @@ class DINO(Method):
                 p.register_hook(self._last_layer_grad)
 
     # ---- schedules ------------------------------------------------------------------------
+    @property
+    def warmup_teacher_temp_epochs(self) -> int:
+        return int(self.warmup_epochs)
+
+    @warmup_teacher_temp_epochs.setter
+    def warmup_teacher_temp_epochs(self, epochs: int) -> None:
+        self.warmup_epochs.fill_(epochs)
+
     @property
     def teacher_encoder(self) -> nn.Module:
         return self.key_encoder
@@ -252,9 +261,15 @@ class DINO(Method):
 
     def on_schedule(self, planned_epochs: int) -> None:
         """With warmup_teacher_temp_fraction > 0: warm-up epochs = max(1, round(fraction · planned epochs))."""
+        # an ended warm-up is kept: a longer re-plan must not lower the teacher temperature again
         if self.warmup_teacher_temp_fraction > 0:
-            self.warmup_teacher_temp_epochs = max(1, round(self.warmup_teacher_temp_fraction * planned_epochs))
+            self.warmup_teacher_temp_epochs = replanned_point(self.warmup_teacher_temp_epochs, int(self.epoch),
+                                                              self.warmup_teacher_temp_fraction, planned_epochs, 1)
 
     def on_epoch_end(self, epoch: int, context=None) -> None:
         """Advance the epoch counter that drives the teacher temperature and the last-layer freeze."""
         self.epoch.fill_(epoch + 1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        state_dict.setdefault(prefix + "warmup_epochs", self.warmup_epochs)  # checkpoints from before it was saved
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -101,7 +101,37 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
-def build_scheduler(cfg: Config, optimizer, total_steps: Callable[[], int]):
+class BudgetLR(torch.optim.lr_scheduler.LRScheduler):
+    """lr = base · lr_factor(step, total, warm-up, schedule), with the total read at every step (re-plans)."""
+
+    def __init__(self, optimizer, total_steps: Callable[[], int], schedule: str, warmup_steps: int = 0,
+                 warmup_fraction: float = 0.0) -> None:
+        self.total_steps, self.schedule = total_steps, schedule
+        self.warmup_steps, self.warmup_fraction = warmup_steps, warmup_fraction
+        self.warmup_kept: int | None = None  # the warm-up's length once it has ended (saved with the state)
+        super().__init__(optimizer)
+
+    def warmup(self, step: int, total: int) -> int:
+        if self.warmup_kept is not None:
+            return self.warmup_kept
+        warmup = self.warmup_steps or round(self.warmup_fraction * total)
+        # an ended warm-up keeps its length: a longer re-plan must not lower the LR into it again
+        if step > 0 and step >= warmup:
+            self.warmup_kept = warmup
+        return warmup
+
+    def get_lr(self) -> list[float]:
+        step, total = self.last_epoch, self.total_steps()
+        factor = lr_factor(step, total, self.warmup(step, total), self.schedule)
+        return [base * factor for base in self.base_lrs]
+
+    def state_dict(self) -> dict:
+        # the settings come from the config; total_steps is the trainer's (a callable, never pickled)
+        own = ("total_steps", "schedule", "warmup_steps", "warmup_fraction")
+        return {k: v for k, v in super().state_dict().items() if k not in own}
+
+
+def build_scheduler(cfg: Config, optimizer, total_steps: Callable[[], int]) -> BudgetLR:
     """LR schedule over ``total_steps()`` steps, read at every step (the trainer may re-plan it)."""
     o = cfg.optim
     if o.schedule not in ("cosine", "constant"):
@@ -109,10 +139,4 @@ def build_scheduler(cfg: Config, optimizer, total_steps: Callable[[], int]):
     if not 0.0 <= o.warmup_fraction < 1.0 or (o.warmup_fraction and o.warmup_steps):
         raise ConfigError(f"optim.warmup_fraction={o.warmup_fraction}: expected 0 <= f < 1, and not together "
                           f"with optim.warmup_steps={o.warmup_steps}")
-
-    def factor(step: int) -> float:
-        total = total_steps()
-        warmup = o.warmup_steps or round(o.warmup_fraction * total)
-        return lr_factor(step, total, warmup, o.schedule)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return BudgetLR(optimizer, total_steps, o.schedule, o.warmup_steps, o.warmup_fraction)

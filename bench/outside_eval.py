@@ -13,7 +13,7 @@ rate, so a channel-sensitive score can separate them without knowing the voice. 
 therefore also gives the EER with only *same-language* different-speaker pairs as non-targets
 (French: two voices, Italian: two, Spanish: two, Czech: two), where language cannot help.
 
-    python bench/outside_eval.py [--work ~/.cache/sslspeaker/outside] [--model PATH]
+    python bench/outside_eval.py [--work ~/.cache/sslspeaker/outside] [--model PATH ...]
 
 Needs ``apt-get download`` (a Debian 12 apt source) and PyPI access for the first run.
 """
@@ -166,16 +166,33 @@ def metrics_row(system: str, scores: np.ndarray, trials, languages: dict) -> dic
     same_lang = np.array([languages[t.a] == languages[t.b] for t in trials])
     keep = (labels == 1) | same_lang  # all targets; non-targets only within one language
     m, hard = metrics_from_scores(scores, labels), metrics_from_scores(scores[keep], labels[keep])
-    return {"system": system, "EER %": round(m["eer"], 2), "minDCF0.01": round(m["min_dcf_0.01"], 3),
+    return {"model": system, "EER %": round(m["eer"], 2), "minDCF0.01": round(m["min_dcf_0.01"], 3),
             "minDCF0.05": round(m["min_dcf_0.05"], 3), "EER % same-language non-targets": round(hard["eer"], 2),
             "trials": len(trials), "same-language non-targets": int((same_lang & (labels == 0)).sum())}
+
+
+def run_name(model: SpeakerEncoder, path: str | None) -> str:
+    """The development run a model was exported from (its provenance), else the path's name."""
+    found = re.search(r"'checkpoint': '([^']+)'", str(model.metadata.get("provenance", "")))
+    run = Path(found.group(1)).parents[1].name if found else Path(path or "default").name
+    return f"default model ({run})" if path is None else run
+
+
+def dev_eer(run: str) -> float | str:
+    """The run's full-utterance EER on the speechocean762 dev trials, from bench/dev_protocol.py's results."""
+    results = Path(__file__).parent / "results" / "dev_protocol.jsonl"
+    rows = [json.loads(line) for line in open(results)] if results.exists() else []
+    run = run.removeprefix("default model (").removesuffix(")")
+    return next((r["EER % (full)"] for r in rows if r["run"] == run), "-")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "sslspeaker" / "outside",
                     help="downloads, the assembled 16-kHz set and the trial list (never inside the repository)")
-    ap.add_argument("--model", default=None, help="a model file or run (default: the model shipped in the package)")
+    ap.add_argument("--model", nargs="+", default=["default"],
+                    help="model files or runs, one row each ('default': the model shipped in the package); the "
+                         "first also gets evaluate()'s results file and plots in WORK")
     ap.add_argument("--per-speaker", type=int, default=40)
     ap.add_argument("--min-seconds", type=float, default=1.5)
     ap.add_argument("--max-trials", type=int, default=6000)
@@ -189,19 +206,22 @@ def main() -> None:
     trials_path = args.work / "trials.txt"
     write_trials(trials_path, build_trials(items, args.max_trials, args.seed, relative_to=speakers))
     trials = read_trials(trials_path)
-    # per-trial scores through the Python API; evaluate() writes the results file and plots, and must agree
-    model = SpeakerEncoder.load(args.model)
-    paths = sorted({p for t in trials for p in (t.a, t.b)})
-    vectors = dict(zip(paths, model.embed_batch([speakers / p for p in paths])))
-    model_scores = np.array([vectors[t.a] @ vectors[t.b] for t in trials], dtype=np.float64)
-    res = evaluate(model, trials_path, speakers, protocol="full", cache=False, progress=False,
-                   out=args.work / "results.json")
-    name = "sslspeaker default model" if args.model is None else f"sslspeaker {args.model}"
-    rows = [metrics_row(name, model_scores, trials, info["languages"]),
-            metrics_row("MFCC mean+std statistics (no learning)", mfcc_scores(trials, speakers), trials,
-                        info["languages"])]
-    if abs(rows[0]["EER %"] - round(res["eer"], 2)) > 0.011:
-        raise RuntimeError(f"embed() and evaluate() disagree: EER {rows[0]['EER %']} vs {res['eer']:.2f} %")
+    rows = []
+    for i, path in enumerate(None if m == "default" else m for m in args.model):
+        # per-trial scores through the Python API; evaluate() writes the results file and plots, and must agree
+        model = SpeakerEncoder.load(path)
+        paths = sorted({p for t in trials for p in (t.a, t.b)})
+        vectors = dict(zip(paths, model.embed_batch([speakers / p for p in paths])))
+        scores = np.array([vectors[t.a] @ vectors[t.b] for t in trials], dtype=np.float64)
+        rows.append(metrics_row(run_name(model, path), scores, trials, info["languages"]))
+        rows[-1]["dev EER %"] = dev_eer(rows[-1]["model"])
+        if i == 0:
+            res = evaluate(model, trials_path, speakers, protocol="full", cache=False, progress=False,
+                           out=args.work / "results.json")
+            if abs(rows[0]["EER %"] - round(res["eer"], 2)) > 0.011:
+                raise RuntimeError(f"embed() and evaluate() disagree: EER {rows[0]['EER %']} vs {res['eer']:.2f} %")
+    rows.append(metrics_row("MFCC mean+std statistics (no learning)", mfcc_scores(trials, speakers), trials,
+                            info["languages"]))
     counts = info["files_per_speaker"]
     print(json.dumps(rows, indent=1))
     if args.no_record:

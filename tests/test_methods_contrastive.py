@@ -376,7 +376,7 @@ RECIPES = {
     "simclr_speechocean762": "simclr", "simclr_am_sym_speechocean762": "simclr",
     "proto_speechocean762": "proto", "angproto_speechocean762": "angproto",
     "aamsoftmax_speechocean762": "aamsoftmax", "aamsupcon_speechocean762": "aamsupcon",
-    "moco_supcon_speechocean762": "moco_supcon",
+    "moco_supcon_speechocean762": "moco_supcon", "moco_noaug_speechocean762": "moco",
 }
 
 
@@ -396,6 +396,11 @@ def test_recipe_loads_and_builds(recipe, tmp_path, monkeypatch):
         assert cfg.data.labelled_fraction == 0.15
     if "am_sym" in recipe:
         assert method.symmetric and method.margin > 0
+    # the no-augmentation variant changes nothing else of its base (the N|R development recipe)
+    if recipe == "moco_noaug_speechocean762":
+        base = load_config(CONFIGS / "moco_speechocean762.yaml", ["model.encoder=fast_resnet34"])
+        assert (cfg.augment.mode, base.augment.mode) == ("none", "N|R")
+        assert (cfg.method, cfg.optim, cfg.data, cfg.train) == (base.method, base.optim, base.data, base.train)
 
 
 def test_positive_top1_adds_the_margin_back_and_skips_masked_negatives():

@@ -50,7 +50,16 @@ def cpu_kind() -> str:
     return f"{name} ({torch.backends.cpu.get_cpu_capability()}{', bf16' if cpu_has_fast_bf16() else ''})"
 
 
+def hardware_kind(device) -> str:
+    """What a fixed-budget run ran on: the CPU kind, or the GPU's name for a CUDA device."""
+    import torch
+
+    return f"GPU: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else cpu_kind()
+
+
 def commit() -> str:
+    if os.environ.get("SSLSPEAKER_BENCH_COMMIT"):  # a copy of the tree without git (a lent GPU machine)
+        return os.environ["SSLSPEAKER_BENCH_COMMIT"]
     try:
         rev = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
         # benchmark outputs (this file's own writes) are not code: they do not make a run "+local changes"

@@ -7,6 +7,7 @@ BENCHMARKS.md section, so methods and recipe changes line up side by side.
 """
 
 import argparse
+import fcntl
 import json
 import resource
 import sys
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import commit, cpu_kind, record, table  # noqa: E402
+from _record import commit, hardware_kind, record, table  # noqa: E402
 
 from sslspeaker.config import load_config  # noqa: E402
 from sslspeaker.evaluation.evaluate import evaluate  # noqa: E402
@@ -37,51 +38,80 @@ def main() -> None:
                     help="which table the row joins: methods (equal 30-min budget, one row per method), "
                          "table1 (MoCoVox Table 1 augmentation trend) or screening (recipe work)")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--no-eval", action="store_true",
+                    help="train and record the row without dev scores (a GPU machine that carries only the "
+                         "training pool); complete it later with --evaluate-only")
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="score the existing run folder LABEL (trained elsewhere) and complete its row")
     ap.add_argument("--render", action="store_true", help="only rewrite the BENCHMARKS.md table from the rows")
     args = ap.parse_args()
     if args.render:
         return write_table(args)
     label = args.label or Path(args.recipe).stem
-    root = data_root(required=True)
-    so = root / "speechocean762"
-    cfg = load_config(args.recipe, ["validation.every_epochs=0", *args.overrides])
     run_dir = Path(args.out) / label
-    code = commit()  # the code this run imports now: later commits while it trains are not in it
+    if args.evaluate_only:
+        row = next((r for r in read_rows() if r["run"] == label), None)
+        if row is None or not (run_dir / "checkpoints" / "last.pt").is_file():
+            raise SystemExit(f"--evaluate-only: no row {label!r} in {RESULTS} or no {run_dir}/checkpoints/last.pt")
+        code = row["commit"]
+    else:
+        code = commit()  # the code this run imports now: later commits while it trains are not in it
+        row = train_row(args, label, run_dir)
+    if not args.no_eval:
+        score_row(row, run_dir, args.protocols)
+    if not args.evaluate_only:  # a completed row keeps what it was trained with
+        row["overrides"] = " ".join(args.overrides) or "-"
+        row["group"] = args.group
+    row["commit"] = code  # overrides are relative to the recipe as it was at this commit
+    print(json.dumps(row), flush=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS, "a") as lock:  # runs side by side (one GPU, several recipes) finish at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [r for r in read_rows() if r["run"] != label] + [row]
+        RESULTS.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if not args.no_record:
+        write_table(args, code)
+
+
+def read_rows() -> list[dict]:
+    return [json.loads(l) for l in open(RESULTS)] if RESULTS.exists() else []
+
+
+def train_row(args, label: str, run_dir: Path) -> dict:
+    """Train the recipe for ``args.minutes``; the row's training figures."""
+    cfg = load_config(args.recipe, ["validation.every_epochs=0", *args.overrides])
     t0 = time.perf_counter()
     trainer = Trainer(cfg, run_dir)
     result = trainer.train(max_minutes=args.minutes)
     minutes = (time.perf_counter() - t0) / 60
     examples = result["step"] * cfg.train.batch_size
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    row = {"run": label, "recipe": Path(args.recipe).name, "minutes": round(minutes, 1), "steps": result["step"], "epochs": result["epoch"],
-           "examples/s": round(examples / (minutes * 60), 1), "peak RSS MB": round(peak_mb)}
-    for name in args.protocols.split(","):
+    # rows compare only within one kind of hardware: the budget is wall time
+    return {"run": label, "recipe": Path(args.recipe).name, "minutes": round(minutes, 1), "steps": result["step"],
+            "epochs": result["epoch"], "examples/s": round(examples / (minutes * 60), 1),
+            "peak RSS MB": round(peak_mb), "cpu": hardware_kind(trainer.device)}
+
+
+def score_row(row: dict, run_dir: Path, protocols: str) -> None:
+    """Score the dev trials with each protocol (on this machine's copy of the data) into ``row``."""
+    so = data_root(required=True) / "speechocean762"
+    for name in protocols.split(","):
         res = evaluate(run_dir, so / "protocol" / "dev_trials.txt", so, protocol=name,
                        out=run_dir / f"dev_{name}.json", cache=False, progress=False)
         row[f"EER % ({name})"] = round(res["eer"], 2)
         row[f"minDCF0.01 ({name})"] = round(res["min_dcf_0.01"], 3)
-    row["overrides"] = " ".join(args.overrides) or "-"
-    row["group"] = args.group
-    row["cpu"] = cpu_kind()  # rows compare only within one CPU kind: the budget is wall time
-    row["commit"] = code  # overrides are relative to the recipe as it was at this commit
-    print(json.dumps(row), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(l) for l in open(RESULTS)] if RESULTS.exists() else []
-    rows = [r for r in rows if r["run"] != label] + [row]
-    RESULTS.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if not args.no_record:
-        write_table(args, code)
 
 
 GROUPS = {
     "methods": "Methods side by side: the same 30-minute CPU budget, data and dev trials (issue 5)",
     "table1": "MoCoVox Table 1, scaled down: augmentation of the two segments at an equal number of steps",
     "screening": "Recipe work on MoCo (issue 3): what each change did",
+    "gpu": "Trained on a GPU for a fixed budget, scored on this CPU machine's dev audio",
 }
 
 
 def write_table(args, code: str | None = None) -> None:
-    rows = [json.loads(l) for l in open(RESULTS)]
+    rows = read_rows()
     body = ""
     for group, title in GROUPS.items():
         sub = [r for r in rows if r.get("group", "screening") == group]

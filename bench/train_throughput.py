@@ -121,9 +121,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="alternating on-the-fly/pre-computed blocks per data path")
     ap.add_argument("--levers", default="fp32,cl,cl_bf16,cl_bf16_compile")
     ap.add_argument("--data-paths", default=",".join(DATA_PATHS))
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the issue's machine: 2 cores)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    base = ["train.batch_size=64", "data.crop_seconds=1.8", "features.n_mels=40", "train.threads=2",
+    base = ["train.batch_size=64", "data.crop_seconds=1.8", "features.n_mels=40", f"train.threads={args.threads}",
             "validation.trials=null", "train.checkpoint_every=0", "train.log_every=1000"]
     levers = {
         "fp32": ["train.precision=fp32", "train.channels_last=false"],
@@ -164,7 +165,9 @@ def main() -> None:
                  f"{args.rounds} rounds alternating {args.steps} on-the-fly steps with {args.steps} pre-computed "
                  "steps, because this VM's speed drifts by +-30 % within a minute; the ratio is the median of "
                  "the per-round ratios. Training pool: speechocean762 FLAC + LibriSpeech Opus clips.")
-    if not args.no_record:
+    if not args.no_record and torch.cuda.is_available():  # the trainer's device "auto" picked the GPU
+        record("train_throughput_gpu", f"Training throughput on a GPU ({torch.cuda.get_device_name(0)})", body)
+    elif not args.no_record:
         record("train_throughput", "Training throughput, MoCo + Fast ResNet-34 (2 CPU cores)", body)
     else:
         print(body)

@@ -215,13 +215,15 @@ def test_warmup_fraction_follows_the_planned_steps():
     assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
     # the ended warm-up travels with the state (a resumed run keeps it), and no callable is saved
     state = sched.state_dict()
-    assert state["warmup_kept"] == 4 and not any(callable(v) for v in state.values())
-    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    resumed = build_scheduler(cfg, opt2, lambda: 1000)
-    resumed.load_state_dict(state)
-    opt2.step()
-    resumed.step()
-    assert opt2.param_groups[0]["lr"] == pytest.approx(1.0) and resumed.last_epoch == 6
+    assert state["warmup_len"] == 4 and not any(callable(v) for v in state.values())
+    old = {k if k != "warmup_len" else "warmup_kept": v for k, v in state.items()}  # a checkpoint of fc340bf
+    for saved in (state, old):
+        opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        resumed = build_scheduler(cfg, opt2, lambda: 1000)
+        resumed.load_state_dict(saved)
+        opt2.step()
+        resumed.step()
+        assert opt2.param_groups[0]["lr"] == pytest.approx(1.0) and resumed.last_epoch == 6
     for bad in (["optim.warmup_fraction=1.0"], ["optim.warmup_fraction=0.1", "optim.warmup_steps=5"]):
         with pytest.raises(ConfigError, match="optim.warmup_fraction"):
             build_scheduler(load_config(None, bad), opt, lambda: 10)

@@ -18,7 +18,7 @@ from ..data.manifest import Entry, read_manifest
 from ..data.prepare import scan
 from ..features.mel import LogMel
 from ..methods import build_method
-from ..methods.base import Method
+from ..methods.base import Method, replanned_point
 from ..models import build_encoder
 
 
@@ -108,17 +108,21 @@ class BudgetLR(torch.optim.lr_scheduler.LRScheduler):
                  warmup_fraction: float = 0.0) -> None:
         self.total_steps, self.schedule = total_steps, schedule
         self.warmup_steps, self.warmup_fraction = warmup_steps, warmup_fraction
-        self.warmup_kept: int | None = None  # the warm-up's length once it has ended (saved with the state)
+        self.warmup_len: int | None = None  # the fraction's warm-up as last planned (saved with the state)
         super().__init__(optimizer)
 
     def warmup(self, step: int, total: int) -> int:
-        if self.warmup_kept is not None:
-            return self.warmup_kept
-        warmup = self.warmup_steps or round(self.warmup_fraction * total)
-        # an ended warm-up keeps its length: a longer re-plan must not lower the LR into it again
-        if step > 0 and step >= warmup:
-            self.warmup_kept = warmup
-        return warmup
+        if self.warmup_steps or not self.warmup_fraction:
+            return self.warmup_steps
+        planned = self.warmup_len if self.warmup_len is not None else round(self.warmup_fraction * total)
+        self.warmup_len = replanned_point(planned, step, self.warmup_fraction, total)
+        return self.warmup_len
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        if "warmup_kept" in state:  # checkpoints before warmup_len kept only an ended warm-up
+            state["warmup_len"] = state.pop("warmup_kept")
+        super().load_state_dict(state)
 
     def get_lr(self) -> list[float]:
         step, total = self.last_epoch, self.total_steps()

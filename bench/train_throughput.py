@@ -88,6 +88,30 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict:
         return {**rates(trainer, flops, steps, timed_steps(trainer, steps)), "ran as": trainer.precision}
 
 
+def profile(overrides: list[str], steps: int, warmup: int, top: int = 12) -> str:
+    """Where a step's time goes: torch.profiler over ``steps`` steps, the ops with the most self
+    time on the device and on the host (launch-bound code shows host time far above device time)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with tempfile.TemporaryDirectory() as out:
+        trainer = make_trainer(overrides, out)
+        timed_steps(trainer, warmup)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with torch_profile(activities=acts) as prof:
+            wall = timed_steps(trainer, steps)
+    ev = prof.key_averages()
+    dev_key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    dev_total = sum(getattr(e, dev_key) for e in ev) / 1e3
+    cpu_total = sum(e.self_cpu_time_total for e in ev) / 1e3
+    head = f"{steps} profiled steps: {1e3 * wall / steps:.1f} ms per step wall, {cpu_total / steps:.1f} ms of it host self time"
+    if torch.cuda.is_available():
+        kernels = sum(e.count for e in ev if e.device_type.name == "CUDA") // max(1, steps)
+        head += f"; {dev_total / steps:.1f} ms device time per step in {kernels} kernels and copies"
+    head += "."
+    return head + "\n\n" + "```\n" + ev.table(sort_by=dev_key, row_limit=top, max_name_column_width=48) + "```\n"
+
+
 def measure_ratio(overrides: list[str], rounds: int, steps: int, warmup: int) -> tuple[dict, dict, list[float]]:
     """On-the-fly vs pre-computed data, alternating blocks of ``steps`` so that the machine's
     speed drifts (this VM's matmul rate wanders by +-30 % within a minute) hit both alike;
@@ -122,6 +146,7 @@ def main() -> None:
     ap.add_argument("--levers", default="fp32,cl,cl_bf16,cl_bf16_compile")
     ap.add_argument("--data-paths", default=",".join(DATA_PATHS))
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the issue's machine: 2 cores)")
+    ap.add_argument("--profile", type=int, default=0, help="also profile this many steps of the best setting")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     base = ["train.batch_size=64", "data.crop_seconds=1.8", "features.n_mels=40", f"train.threads={args.threads}",
@@ -165,6 +190,8 @@ def main() -> None:
                  f"{args.rounds} rounds alternating {args.steps} on-the-fly steps with {args.steps} pre-computed "
                  "steps, because this VM's speed drifts by +-30 % within a minute; the ratio is the median of "
                  "the per-round ratios. Training pool: speechocean762 FLAC + LibriSpeech Opus clips.")
+    if args.profile:
+        body += "\n\nProfile of the best setting (" + names[best] + "): " + profile(base + levers[best], args.profile, args.warmup)
     if not args.no_record and torch.cuda.is_available():  # the trainer's device "auto" picked the GPU
         record("train_throughput_gpu", f"Training throughput on a GPU ({torch.cuda.get_device_name(0)})", body)
     elif not args.no_record:

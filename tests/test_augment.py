@@ -386,7 +386,8 @@ def test_real_noise_and_rirs():
     if root is None or not (root / "noise").is_dir() or not (root / "rir").is_dir():
         pytest.skip("shared data (noise/, rir/) not available")
     noises = [Entry(str(p), category="noise") for p in sorted((root / "noise").glob("*.flac"))]
-    speech = [Entry(str(p), category="speech") for p in sorted((root / "speechocean762" / "WAVE").glob("*/*.flac"))[:40]]
+    speech = [Entry(str(p), category="speech") for p in sorted((root / "speechocean762" / "WAVE").glob("*/*"))
+              if p.suffix in (".flac", ".opus")][:40]  # FLAC in ../shared; Opus in the GPU machine's copy
     bank = NoiseBank(noises + speech)
     rirs = RirBank([Entry(str(p)) for p in sorted((root / "rir").glob("*.flac"))])
     assert bank.count("noise") == len(noises) == 6 and bank.is_preloaded("noise") and len(rirs) == 4

@@ -167,7 +167,7 @@ def test_embed_training_set(corpus, tmp_path):
     t = Trainer(make_cfg(corpus, "augment.mode=none"), tmp_path)
     emb = t.embed_training_set()
     assert emb.shape == (9, 16)
-    torch.testing.assert_close(emb.norm(dim=1), torch.ones(9))
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(9, device=emb.device))  # on the training device
 
 
 @pytest.mark.parametrize("planned", [3, 100])
@@ -235,7 +235,7 @@ def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16(corpus, tmp_path, 
     import sslspeaker.training.trainer as tr
 
     monkeypatch.setattr(tr, "cpu_has_fast_bf16", lambda: native)
-    t = Trainer(make_cfg(corpus, "train.precision=bf16"), tmp_path / "run")
+    t = Trainer(make_cfg(corpus, "train.precision=bf16", "train.device=cpu"), tmp_path / "run")
     assert t.precision == ("bf16" if native else "fp32")
     events = [json.loads(l).get("event", "") for l in open(tmp_path / "run" / "log.jsonl")] \
         if (tmp_path / "run" / "log.jsonl").exists() else []

@@ -376,6 +376,7 @@ RECIPES = {
     "simclr_speechocean762": "simclr", "simclr_am_sym_speechocean762": "simclr",
     "proto_speechocean762": "proto", "angproto_speechocean762": "angproto",
     "aamsoftmax_speechocean762": "aamsoftmax", "aamsupcon_speechocean762": "aamsupcon",
+    "softmax_speechocean762": "softmax",
     "moco_supcon_speechocean762": "moco_supcon", "moco_noaug_speechocean762": "moco",
 }
 
@@ -391,7 +392,7 @@ def test_recipe_loads_and_builds(recipe, tmp_path, monkeypatch):
     assert all(str(tmp_path) in ref.manifest for ref in cfg.data.train)
     method = build_model(cfg)
     assert type(method).__name__ and method.needs_labels == (RECIPES[recipe] in SUPERVISED)
-    assert cfg.data.n_views >= (1 if RECIPES[recipe] == "aamsoftmax" else 2)
+    assert cfg.data.n_views >= (1 if RECIPES[recipe] in ("aamsoftmax", "softmax") else 2)
     if RECIPES[recipe] == "moco_supcon":
         assert cfg.data.labelled_fraction == 0.15
     if "am_sym" in recipe:

@@ -3,12 +3,12 @@
 ``kmeans`` runs Lloyd iterations in torch on whatever device the embeddings are on (the
 trainer's: a GPU during real training), with distances computed chunk by chunk as matrix
 products, so memory stays bounded (about ``chunk_elements`` floats at a time);
-``bench/clustering.py`` times it at 1 M × 256 against the epoch it follows. As in PCL
-(which used faiss), the centroids are trained on a random subsample of at most
-``max_points_per_centroid · k`` points and then every point is assigned. Initialisation is k-means++ (D² sampling) on a subsample,
-empty clusters are re-seeded with the points farthest from their centroids. Everything is
-seeded: the same inputs and seed give the same result. ``backend="sklearn"`` uses
-scikit-learn's ``MiniBatchKMeans`` on the CPU instead.
+``bench/clustering.py`` times it at 1 M × 256 against the epoch it follows. As in PCL (which
+used faiss), the centroids are trained on a random subsample of at most
+``max_points_per_centroid · k`` points and then every point is assigned. Initialisation is
+k-means++ (D² sampling) on a subsample, empty clusters are re-seeded with the points farthest
+from their centroids. Everything is seeded: the same inputs and seed give the same result.
+``backend="sklearn"`` uses scikit-learn's ``MiniBatchKMeans`` on the CPU instead.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import cpu_kind, record, table  # noqa: E402
+from _record import hardware_kind, record, table  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -49,8 +49,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x = embeddings(args.n, args.dim, args.speakers, device)
     rows, projected = [], 0.0
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for k in ks:
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         sync()
         t0 = time.perf_counter()
         kmeans(x, k, seed=0, n_iter=0)  # k-means++ initialisation and one assignment of every point
@@ -65,7 +65,7 @@ def main() -> None:
         rows.append({"k": k, "init + assignment s": round(t_init, 1), "s per Lloyd iteration": round(per_iter, 1),
                      f"projected s ({full_iters} iterations)": round(full, 1)})
         print(rows[-1], flush=True)
-    hw = f"GPU: {torch.cuda.get_device_name(0)}" if device.type == "cuda" else cpu_kind()
+    hw = hardware_kind(device)
     dev_rows = [json.loads(l) for l in open(ROOT / "bench" / "results" / "dev_protocol.jsonl")]
     c3 = next((r for r in dev_rows if r["recipe"] == "c3_moco_speechocean762.yaml" and r.get("cpu") == hw), None)
     epoch = args.n / c3["examples/s"] if c3 else None

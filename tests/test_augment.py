@@ -8,7 +8,8 @@ import scipy.signal
 import soundfile as sf
 import torch
 
-from sslspeaker.augment import AugmentConfig, Augmenter, NoiseBank, RirBank, combine_sources, mix_at_snr, reverberate
+from sslspeaker.augment import (AugmentConfig, Augmenter, NoiseBank, RirBank, combine_sources, low_pass, mix_at_snr,
+                                reverberate)
 from sslspeaker.data.audio import read_audio
 from sslspeaker.data.manifest import Entry
 from sslspeaker.paths import data_root
@@ -375,6 +376,44 @@ def test_clear_errors(banks):
     with pytest.raises(ValueError, match="noise_snr"):
         AugmentConfig(noise_snr=(15, 0))
     assert AugmentConfig(noise_snr=[0, 5]).noise_snr == (0, 5)  # YAML lists accepted
+
+
+# --- band limit (telephone channel) -------------------------------------------------------------
+
+
+def test_low_pass_keeps_the_band_below_each_rows_cutoff():
+    t = np.arange(SR) / SR  # 1 s: every tone below is a whole number of cycles, so on an FFT bin
+    tones = {f: np.sin(2 * np.pi * f * t + 0.3 * i) for i, f in enumerate((300, 1000, 3300, 3900, 5000, 7000))}
+    x = torch.from_numpy(np.stack([sum(tones.values())] * 2)).float()
+    y = low_pass(x, torch.tensor([3400.0, 4000.0]), SR)
+    for row, cut in enumerate((3400, 4000)):
+        want = sum(v for f, v in tones.items() if f <= cut)
+        np.testing.assert_allclose(y[row].numpy(), want, atol=2e-4)
+    assert y.dtype == x.dtype and torch.equal(x, torch.from_numpy(np.stack([sum(tones.values())] * 2)).float())
+
+
+def test_bandlimit_fraction_cutoffs_and_order(banks):
+    aug = Augmenter(AugmentConfig(bandlimit_p=0.3, bandlimit_hz=(3400, 4000)), *banks, mode="N|R", seed=5)
+    draws = [aug.draw(400) for _ in range(3000)]
+    cut = np.array([d.cutoff_hz for d in draws if d.cutoff_hz is not None])
+    assert abs(len(cut) / len(draws) - 0.3) < 0.03 and cut.min() >= 3400 and cut.max() <= 4000
+    assert {d.kind for d in draws if d.cutoff_hz is not None} == {"noise", "reverb"}  # on top of the mode
+    # applied after the noise: the output has no energy above the cutoff, noise included
+    x = views(b=4, v=2)
+    one = Augmenter(AugmentConfig(bandlimit_p=1.0, bandlimit_hz=(3500, 3500)), *banks, mode="noise", seed=2)
+    y = one.augment_views(x).reshape(8, -1)
+    spec = torch.fft.rfft(y.double(), dim=-1).abs()
+    f = torch.fft.rfftfreq(y.shape[-1], 1 / SR)
+    assert spec[:, f > 3500].max() < 1e-4 * spec.max()
+    assert not torch.allclose(y, low_pass(x.reshape(8, -1), torch.full((8,), 3500.0), SR), atol=1e-3)  # noise too
+    # p = 0 draws nothing extra: the random stream, hence every run so far, is unchanged
+    a, b = Augmenter(None, *banks, seed=9), Augmenter(AugmentConfig(bandlimit_p=0.0), *banks, seed=9)
+    assert torch.equal(a.augment_views(views()), b.augment_views(views()))
+    assert Augmenter(AugmentConfig(bandlimit_p=1.0), mode="none").draw(10).cutoff_hz is not None
+    with pytest.raises(ValueError, match="bandlimit_p"):
+        AugmentConfig(bandlimit_p=1.5)
+    with pytest.raises(ValueError, match="bandlimit_hz"):
+        AugmentConfig(bandlimit_hz=(3000, 9000))
 
 
 # --- real shared data ---------------------------------------------------------------------------

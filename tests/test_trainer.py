@@ -242,3 +242,16 @@ def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16(corpus, tmp_path, 
     assert any("runs as fp32" in e for e in events) == (not native)
     with pytest.raises(ConfigError, match="train.precision='fp8'"):
         tr.effective_precision("fp8", torch.device("cpu"))
+
+
+def test_bandlimit_option_builds_the_channel_augmentation(corpus, tmp_path):
+    from sslspeaker.training.build import build_augmenter
+
+    assert build_augmenter(make_cfg(corpus, "augment.mode=none"), 0) is None
+    alone = build_augmenter(make_cfg(corpus, "augment.mode=none", "augment.bandlimit=1.0",
+                                     "augment.bandlimit_hz=[3000, 3000]"), 0)
+    assert alone.mode == "none" and alone.noise_bank is None and alone.draw(100).cutoff_hz == 3000.0
+    both = build_augmenter(make_cfg(corpus, "augment.bandlimit=0.5"), 0)
+    assert both.mode == "N|R" and both.config.bandlimit_p == 0.5 and both.config.bandlimit_hz == (3400.0, 4000.0)
+    with pytest.raises(ConfigError, match="augment: .*bandlimit_p"):
+        build_augmenter(make_cfg(corpus, "augment.bandlimit=2"), 0)

@@ -53,6 +53,8 @@ class AugmentConfig:
     noise: list[ManifestRef] = field(default_factory=list)
     rir: list[ManifestRef] = field(default_factory=list)
     on_device: bool = False  # batched on the training device instead of in data workers
+    bandlimit: float = 0.0  # probability that a view is also low-passed to a telephone band (any mode)
+    bandlimit_hz: list[float] = field(default_factory=lambda: [3400.0, 4000.0])  # its cutoff, drawn uniformly
 
 
 @dataclass

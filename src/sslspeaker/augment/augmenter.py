@@ -1,5 +1,8 @@
 """Per-view augmentation of contrastive views (MoCoVox Table 1 settings: none, noise, reverb, N|R).
 
+Independently of the mode, a view may also be band-limited to a telephone band
+(``AugmentConfig.bandlimit_p``), after its noise or reverberation, as a telephone channel would.
+
 Randomness comes only from a numpy Generator (passed in, or owned and checkpointable), and all
 random choices, including noise segments and RIRs, are drawn on the CPU, so a run is
 reproducible whatever device does the arithmetic. Mixing and convolution run in torch on the
@@ -13,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..data.audio import SAMPLE_RATE
+from .channel import low_pass
 from .noise import NoiseBank, combine_sources, mix_at_snr
 from .reverb import RirBank, convolve_spectrum, fft_length
 
@@ -31,9 +36,11 @@ class AugmentConfig:
     babble_count: tuple[int, int] = (3, 7)
     p_noise_given_NR: float = 0.75  # mode "N|R": noise with this probability, else reverb
     category_weights: dict[str, float] = field(default_factory=lambda: {"noise": 1.0, "music": 1.0, "babble": 1.0})
+    bandlimit_p: float = 0.0  # probability that a view is also low-passed at a cutoff drawn from bandlimit_hz
+    bandlimit_hz: tuple[float, float] = (3400.0, 4000.0)  # telephone speech: 8-kHz sampling, 3.4-kHz channel
 
     def __post_init__(self):
-        for name in ("noise_snr", "music_snr", "babble_snr", "babble_count"):
+        for name in ("noise_snr", "music_snr", "babble_snr", "babble_count", "bandlimit_hz"):
             lo, hi = getattr(self, name)  # lists from YAML are fine
             if lo > hi:
                 raise ValueError(f"AugmentConfig.{name}: low {lo} > high {hi}")
@@ -42,6 +49,10 @@ class AugmentConfig:
             raise ValueError(f"AugmentConfig.babble_count must be ≥ 1, got {self.babble_count}")
         if not 0.0 <= self.p_noise_given_NR <= 1.0:
             raise ValueError(f"AugmentConfig.p_noise_given_NR must be in [0, 1], got {self.p_noise_given_NR}")
+        if not 0.0 <= self.bandlimit_p <= 1.0:
+            raise ValueError(f"AugmentConfig.bandlimit_p must be in [0, 1], got {self.bandlimit_p}")
+        if not 0.0 < self.bandlimit_hz[0] <= self.bandlimit_hz[1] <= SAMPLE_RATE / 2:
+            raise ValueError(f"AugmentConfig.bandlimit_hz must lie in (0, {SAMPLE_RATE // 2}] Hz, got {self.bandlimit_hz}")
         unknown = set(self.category_weights) - set(BANK_CATEGORY)
         if unknown or any(w < 0 for w in self.category_weights.values()):
             raise ValueError(
@@ -62,6 +73,7 @@ class ViewAug:
     sources: list[np.ndarray] = field(default_factory=list)  # one per noise file (babble: 3–7)
     snr_db: list[float] = field(default_factory=list)  # one per source, relative to the speech
     rir_index: int | None = None  # the RIR's index in the augmenter's bank (its spectrum is cached there)
+    cutoff_hz: float | None = None  # band limit applied last (None: full band)
 
 
 class Augmenter:
@@ -109,8 +121,14 @@ class Augmenter:
         self.rng.bit_generator.state = state["rng"]
 
     def draw(self, n_samples: int, rng: np.random.Generator | None = None) -> ViewAug:
-        """The random augmentation of one view of ``n_samples`` samples, per ``mode``."""
+        """The random augmentation of one view of ``n_samples`` samples, per ``mode`` (and band limit)."""
         rng = self.rng if rng is None else rng
+        aug = self._draw_mode(n_samples, rng)
+        if self.config.bandlimit_p > 0 and rng.random() < self.config.bandlimit_p:  # no draw at p = 0: streams kept
+            aug.cutoff_hz = float(rng.uniform(*self.config.bandlimit_hz))
+        return aug
+
+    def _draw_mode(self, n_samples: int, rng: np.random.Generator) -> ViewAug:
         kind = self.mode
         if kind == "N|R":
             kind = "noise" if rng.random() < self.config.p_noise_given_NR else "reverb"
@@ -162,6 +180,11 @@ class Augmenter:
             H = self.rir_bank.spectra(n, work, x.device)[[augs[i].rir_index for i in reverbed]]
             idx = torch.tensor(reverbed, device=x.device)
             out[idx] = convolve_spectrum(x[idx].to(work), H, n).to(x.dtype)
+        limited = [i for i, a in enumerate(augs) if a.cutoff_hz is not None]
+        if limited:
+            idx = torch.tensor(limited, device=x.device)
+            cutoff = torch.tensor([augs[i].cutoff_hz for i in limited], dtype=torch.float64)
+            out[idx] = low_pass(out[idx], cutoff, SAMPLE_RATE)
         return out
 
 

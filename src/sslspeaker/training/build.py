@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..augment.augmenter import Augmenter
+from ..augment.augmenter import AugmentConfig, Augmenter
 from ..augment.noise import NoiseBank
 from ..augment.reverb import RirBank
 from ..config import Config, ConfigError, ManifestRef
@@ -44,12 +44,13 @@ def load_all(refs: list[ManifestRef]) -> list[Entry]:
 
 def build_augmenter(cfg: Config, seed: int) -> Augmenter | None:
     a = cfg.augment
-    if a.mode == "none":
+    if a.mode == "none" and a.bandlimit == 0:
         return None
-    noise = NoiseBank(load_all(a.noise)) if a.noise else None
-    rir = RirBank(load_all(a.rir)) if a.rir else None
+    noise = NoiseBank(load_all(a.noise)) if a.noise and a.mode != "none" else None
+    rir = RirBank(load_all(a.rir)) if a.rir and a.mode != "none" else None
     try:
-        return Augmenter(None, noise, rir, mode=a.mode, apply_to=a.apply_to, seed=seed)
+        config = AugmentConfig(bandlimit_p=a.bandlimit, bandlimit_hz=tuple(a.bandlimit_hz))
+        return Augmenter(config, noise, rir, mode=a.mode, apply_to=a.apply_to, seed=seed)
     except ValueError as exc:
         raise ConfigError(f"augment: {exc}") from None
 

@@ -13,6 +13,12 @@ rate, so a channel-sensitive score can separate them without knowing the voice. 
 therefore also gives the EER with only *same-language* different-speaker pairs as non-targets
 (French: two voices, Italian: two, Spanish: two, Czech: two), where language cannot help.
 
+Every system is scored twice: plain cosine, and cosine after z-scoring each dimension over the
+set's own utterances (no labels). The MFCC-statistics baseline needs the second (its raw
+cosine is dominated by the shared spectral offset), so the learned models are shown with the
+same treatment too: ``evaluate --embedding-norm zscore``, whose figure the script checks
+against its own for the first model.
+
     python bench/outside_eval.py [--work ~/.cache/sslspeaker/outside] [--model PATH ...]
 
 Needs ``apt-get download`` (a Debian 12 apt source) and PyPI access for the first run.
@@ -42,7 +48,8 @@ from _record import record, table  # noqa: E402
 from sslspeaker.data.audio import SAMPLE_RATE, read_audio  # noqa: E402
 from sslspeaker.data.manifest import read_manifest, read_trials, write_trials  # noqa: E402
 from sslspeaker.data.trials import build_trials  # noqa: E402
-from sslspeaker.evaluation.evaluate import as_norm, cohort_statistics, evaluate, metrics_from_scores  # noqa: E402
+from sslspeaker.evaluation.evaluate import (adapt_embeddings, as_norm, cohort_statistics, evaluate,  # noqa: E402
+                                            metrics_from_scores, set_statistics)
 from sslspeaker.features.mel import LogMel  # noqa: E402
 from sslspeaker.inference.model import SpeakerEncoder  # noqa: E402
 from sslspeaker.paths import data_root  # noqa: E402
@@ -161,25 +168,27 @@ def mfcc_statistics(wave: np.ndarray, mel: LogMel, n_mfcc: int = 20) -> np.ndarr
     return np.concatenate([c.mean(axis=1), c.std(axis=1)])
 
 
-def mfcc_scores(trials, waves: dict[str, np.ndarray]) -> np.ndarray:
-    """Cosine of MFCC mean+std vectors, each dimension z-scored over the set's utterances (no learning)."""
-    mel = LogMel(n_mels=40, norm="none")
-    paths = sorted(waves)
-    stats = np.stack([mfcc_statistics(waves[p], mel) for p in paths])
-    stats = (stats - stats.mean(0)) / (stats.std(0) + 1e-9)
-    stats /= np.linalg.norm(stats, axis=1, keepdims=True)
-    index = {p: i for i, p in enumerate(paths)}
-    return np.array([stats[index[t.a]] @ stats[index[t.b]] for t in trials])
+def trial_scores(vectors: np.ndarray, ia: np.ndarray, ib: np.ndarray, zscore: bool) -> np.ndarray:
+    """Cosine of each trial's two rows of ``vectors``, after z-scoring every dimension over the rows if ``zscore``."""
+    v = np.asarray(vectors, np.float64)
+    mu, sd = set_statistics(v, "zscore") if zscore else (np.zeros(v.shape[1]), np.ones(v.shape[1]))
+    v = adapt_embeddings(v, mu, sd)
+    return np.einsum("nd,nd->n", v[ia], v[ib])
 
 
-def metrics_row(system: str, scores: np.ndarray, trials, languages: dict) -> dict:
+def metrics_row(system: str, scores: np.ndarray, zscored: np.ndarray | None, trials, languages: dict) -> dict:
     labels = np.array([t.label for t in trials])
     same_lang = np.array([languages[t.a] == languages[t.b] for t in trials])
     keep = (labels == 1) | same_lang  # all targets; non-targets only within one language
     m, hard = metrics_from_scores(scores, labels), metrics_from_scores(scores[keep], labels[keep])
-    return {"model": system, "EER %": round(m["eer"], 2), "minDCF0.01": round(m["min_dcf_0.01"], 3),
-            "minDCF0.05": round(m["min_dcf_0.05"], 3), "EER % same-language non-targets": round(hard["eer"], 2),
-            "trials": len(trials), "same-language non-targets": int((same_lang & (labels == 0)).sum())}
+    row = {"model": system, "EER %": round(m["eer"], 2), "minDCF0.01": round(m["min_dcf_0.01"], 3),
+           "minDCF0.05": round(m["min_dcf_0.05"], 3), "EER % same-language non-targets": round(hard["eer"], 2)}
+    z = metrics_from_scores(zscored, labels) if zscored is not None else None
+    zhard = metrics_from_scores(zscored[keep], labels[keep]) if zscored is not None else None
+    row |= {"EER % z-scored over the set": round(z["eer"], 2) if z else "",
+            "minDCF0.01 z-scored": round(z["min_dcf_0.01"], 3) if z else "",
+            "EER % z-scored, same-language non-targets": round(zhard["eer"], 2) if z else ""}
+    return row | {"trials": len(trials), "same-language non-targets": int((same_lang & (labels == 0)).sum())}
 
 
 def training_pool() -> list[np.ndarray]:
@@ -191,13 +200,11 @@ def training_pool() -> list[np.ndarray]:
     return [read_audio(e.path) for e in entries]
 
 
-def asnorm_scores(model: SpeakerEncoder, vectors: dict, raw: np.ndarray, cohort: list[np.ndarray], trials,
+def asnorm_scores(model: SpeakerEncoder, emb: np.ndarray, raw: np.ndarray, cohort: list[np.ndarray], ia, ib,
                   top_k: int) -> np.ndarray:
-    """The trials' cosine scores ``raw`` after adaptive s-norm against ``cohort`` (evaluate()'s own functions)."""
-    paths = sorted(vectors)
-    mu, sd = cohort_statistics(np.stack([vectors[p] for p in paths]), model.embed_batch(cohort), top_k)
-    index = {p: i for i, p in enumerate(paths)}
-    ia, ib = np.array([index[t.a] for t in trials]), np.array([index[t.b] for t in trials])
+    """The trials' cosine scores ``raw`` (of rows ``ia``, ``ib`` of ``emb``) after adaptive s-norm against ``cohort``
+    (evaluate()'s own functions)."""
+    mu, sd = cohort_statistics(emb, model.embed_batch(cohort), top_k)
     return as_norm(raw, mu[ia], sd[ia], mu[ib], sd[ib])
 
 
@@ -242,25 +249,32 @@ def main() -> None:
     trials = read_trials(trials_path)
     rows = []
     paths = sorted({p for t in trials for p in (t.a, t.b)})
+    index = {p: i for i, p in enumerate(paths)}
+    ia, ib = np.array([index[t.a] for t in trials]), np.array([index[t.b] for t in trials])
     waves = {p: read_audio(speakers / p) for p in paths}  # decoded once for every model and the baseline
     cohort = training_pool() if args.asnorm else []
     for i, path in enumerate(None if m == "default" else m for m in args.model):
         # per-trial scores through the Python API; evaluate() writes the results file and plots, and must agree
         model = SpeakerEncoder.load(path)
-        vectors = dict(zip(paths, model.embed_batch([waves[p] for p in paths])))
-        scores = np.array([vectors[t.a] @ vectors[t.b] for t in trials], dtype=np.float64)
-        rows.append(metrics_row(run_name(model, path), scores, trials, info["languages"]))
+        emb = np.stack(model.embed_batch([waves[p] for p in paths]))
+        scores, zscored = trial_scores(emb, ia, ib, False), trial_scores(emb, ia, ib, True)
+        rows.append(metrics_row(run_name(model, path), scores, zscored, trials, info["languages"]))
         rows[-1]["dev EER %"] = dev_eer(rows[-1]["model"])
         if cohort and i == 0:
-            normed = asnorm_scores(model, vectors, scores, cohort, trials, args.top_k)
-            rows.append(metrics_row(rows[-1]["model"] + " + AS-norm", normed, trials, info["languages"]))
+            normed = asnorm_scores(model, emb, scores, cohort, ia, ib, args.top_k)
+            rows.append(metrics_row(rows[-1]["model"] + " + AS-norm", normed, None, trials, info["languages"]))
         if i == 0:
-            res = evaluate(model, trials_path, speakers, protocol="full", cache=False, progress=False,
-                           out=args.work / "results.json")
-            if abs(rows[0]["EER %"] - round(res["eer"], 2)) > 0.011:
-                raise RuntimeError(f"embed() and evaluate() disagree: EER {rows[0]['EER %']} vs {res['eer']:.2f} %")
-    rows.append(metrics_row("MFCC mean+std statistics (no learning)", mfcc_scores(trials, waves), trials,
-                            info["languages"]))
+            for norm, column in (("none", "EER %"), ("zscore", "EER % z-scored over the set")):
+                res = evaluate(model, trials_path, speakers, protocol="full", cache=False, progress=False,
+                               embedding_norm=norm, out=args.work / ("results.json" if norm == "none" else
+                                                                     f"results_{norm}.json"))
+                if abs(rows[0][column] - round(res["eer"], 2)) > 0.011:
+                    raise RuntimeError(f"embed() and evaluate(embedding_norm={norm}) disagree: EER "
+                                       f"{rows[0][column]} vs {res['eer']:.2f} %")
+    mel = LogMel(n_mels=40, norm="none")
+    stats = np.stack([mfcc_statistics(waves[p], mel) for p in paths])
+    rows.append(metrics_row("MFCC mean+std statistics (no learning)", trial_scores(stats, ia, ib, False),
+                            trial_scores(stats, ia, ib, True), trials, info["languages"]))
     counts = info["files_per_speaker"]
     print(json.dumps(rows, indent=1))
     if args.no_record:
@@ -271,8 +285,10 @@ def main() -> None:
              + ", ".join(f"{k} {v}" for k, v in counts.items())
              + ". Real recorded speech shipped by registry packages (the script's SOURCES: Asterisk telephone prompts, "
              "8 kHz; Fish Fillets' Czech dialogue, 22 kHz; the Montreal Forced Aligner's test speaker, 16 kHz), "
-             "none of it in this repository or ../shared, resampled to 16 kHz. Full-utterance cosine; the MFCC "
-             "baseline is the cosine of 20-MFCC mean+std vectors, each dimension z-scored over the set. Speakers "
+             "none of it in this repository or ../shared, resampled to 16 kHz. Full-utterance cosine, plain and after "
+             f"z-scoring every dimension over the set's {len(paths)} utterances (no labels; `evaluate --embedding-norm "
+             "zscore`); the MFCC baseline is the cosine of 20-MFCC mean+std vectors, with the same two treatments. "
+             "Speakers "
              "differ in language and channel too, so the second EER keeps only same-language different-speaker "
              "pairs as non-targets. A '+ AS-norm' row scores the first model with adaptive s-norm (top-"
              f"{args.top_k} cohort scores per side) against the development training pool (speechocean762 "

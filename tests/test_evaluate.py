@@ -321,6 +321,63 @@ def test_evaluate_with_asnorm(model, corpus, tmp_path, monkeypatch):
         ev.evaluate(model, trials, root, score_norm="asnorm", cache=False, progress=False)
 
 
+# ---- embedding normalisation ---------------------------------------------------------------------
+def direct_adapted_cosine(ea, eb, data, zscore):
+    """cos((a − μ)/σ, (b − μ)/σ) with μ, σ the mean and population std of the rows of ``data``, by loops."""
+    data = np.asarray(data, np.float64)
+    n, d = data.shape
+    mu = [sum(data[i, j] for i in range(n)) / n for j in range(d)]
+    sd = [np.sqrt(sum((data[i, j] - mu[j]) ** 2 for i in range(n)) / n) if zscore else 1.0 for j in range(d)]
+    a = np.array([(ea[j] - mu[j]) / sd[j] for j in range(d)])
+    b = np.array([(eb[j] - mu[j]) / sd[j] for j in range(d)])
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+@pytest.mark.parametrize("kind", ["mean", "zscore"])
+def test_embedding_norm_over_the_trials_equals_the_formula(model, corpus, tmp_path, kind):
+    trials, root = corpus
+    res, got = run_eval(model, corpus, embedding_norm=kind, out=tmp_path / "r.json")
+    e = {p: model.embed(p).astype(np.float64) for p in {p for pair in pairs(root) for p in pair}}
+    want = [direct_adapted_cosine(e[a], e[b], list(e.values()), kind == "zscore") for a, b in pairs(root)]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    raw, _ = run_eval(model, corpus)
+    assert not np.allclose(got, [float(e[a] @ e[b]) for a, b in pairs(root)], atol=1e-3)  # it did change them
+    en = json.loads((tmp_path / "r.json").read_text())["embedding_norm"]
+    assert en["name"] == kind and en["data"] == "trials" and en["utterances"] == 3 and raw["embedding_norm"] is None
+
+
+def test_embedding_norm_over_a_manifest_then_asnorm(model, corpus, tmp_path, monkeypatch):
+    trials, root = corpus
+    files = []
+    for i in range(4):
+        files.append(tmp_path / "dom" / f"k{i}.wav")
+        write_audio(files[-1], seconds=1.2, freq=150.0 + 90 * i)
+    manifest = tmp_path / "dom" / "manifest.csv"
+    manifest.write_text("path,speaker,duration\n" + "".join(f"k{i}.wav,,1.2\n" for i in range(4)))
+    captured = {}
+    real = ev.as_norm
+
+    def as_norm(s, *a, **k):
+        captured["raw"] = s
+        return real(s, *a, **k)
+
+    monkeypatch.setattr(ev, "as_norm", as_norm)
+    res = ev.evaluate(model, trials, root, embedding_norm="mean", norm_data=manifest, score_norm="asnorm",
+                      cohort=manifest, top_k=4, cache=False, progress=False)
+    dom = [model.embed(p).astype(np.float64) for p in files]
+    e = {p: model.embed(p).astype(np.float64) for p in {p for pair in pairs(root) for p in pair}}
+    want = [direct_adapted_cosine(e[a], e[b], dom, False) for a, b in pairs(root)]
+    np.testing.assert_allclose(captured["raw"], want, rtol=1e-6)  # AS-norm starts from the adapted cosines
+    en = res["embedding_norm"]
+    assert en["data"] == "manifest" and en["utterances"] == 4
+    assert en["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="embedding_norm='whiten'"):
+        ev.evaluate(model, trials, root, embedding_norm="whiten", cache=False, progress=False)
+    with pytest.raises(FileNotFoundError, match="no such norm data manifest"):
+        ev.evaluate(model, trials, root, embedding_norm="mean", norm_data=tmp_path / "x.csv", cache=False,
+                    progress=False)
+
+
 # ---- command ---------------------------------------------------------------------------------
 def test_cli_evaluate(model_path, corpus, tmp_path, capsys):
     trials, root = corpus
@@ -334,6 +391,10 @@ def test_cli_evaluate(model_path, corpus, tmp_path, capsys):
     assert str(out) in printed and "results_det.png" in printed
     assert res["protocol"]["name"] == "clova10crop"
     assert out.with_name("results_scores.png").is_file() and out.with_name("results_det.png").is_file()
+    rc = main(["evaluate", "--model", str(model_path), "--trials", str(trials), "--audio-root", str(root),
+               "--embedding-norm", "zscore", "--out", str(out), "--no-cache", "--quiet"])
+    assert rc == 0 and "embedding norm zscore over the 3 trial utterances" in capsys.readouterr().out
+    assert json.loads(out.read_text())["embedding_norm"]["name"] == "zscore"
     rc = main(["evaluate", "--model", str(model_path), "--trials", str(trials), "--audio-root", str(root),
                "--score-norm", "asnorm", "--out", str(out)])
     assert rc == 2 and "--cohort" in capsys.readouterr().err

@@ -18,7 +18,8 @@ def run(args: argparse.Namespace) -> int:
         model = SpeakerEncoder.load(args.model, args.device)
         res = evaluate(model, args.trials, args.audio_root, protocol=args.protocol, out=args.out,
                        cache=False if args.no_cache else args.cache, score_norm=args.score_norm,
-                       cohort=args.cohort, top_k=args.top_k, progress=not args.quiet)
+                       cohort=args.cohort, top_k=args.top_k, progress=not args.quiet,
+                       embedding_norm=args.embedding_norm, norm_data=args.norm_data)
     except (FileNotFoundError, ModelError, AudioError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -28,6 +29,11 @@ def run(args: argparse.Namespace) -> int:
     t = res["trials"]
     print(f"{t['n_trials']} trials ({t['targets']} target, {t['nontargets']} non-target), "
           f"protocol {proto['name']} {proto['params']}{norm}")
+    en = res["embedding_norm"]
+    if en:
+        where = f"the {en['utterances']} trial utterances" if en["data"] == "trials" else \
+            f"{en['utterances']} utterances of {en['manifest']}"
+        print(f"embedding norm {en['name']} over {where}")
     print(f"EER {res['eer']:.3f}% (threshold {res['eer_threshold']:.4f})  "
           f"minDCF(0.01) {res['min_dcf_0.01']:.4f}  minDCF(0.05) {res['min_dcf_0.05']:.4f}")
     e = res["embedding"]
@@ -54,6 +60,12 @@ def add_parser(sub) -> None:
     p.add_argument("--score-norm", default="none", choices=["none", "asnorm"], help="score normalisation")
     p.add_argument("--cohort", help="asnorm: manifest CSV of cohort utterances (speakers not in the trials)")
     p.add_argument("--top-k", type=int, default=200, help="asnorm: top-K cohort scores per side (default 200)")
+    p.add_argument("--embedding-norm", default="none", choices=["none", "mean", "zscore"],
+                   help="adapt embeddings to unlabelled in-domain speech before cosine scoring: subtract the mean "
+                        "embedding of --norm-data (mean), also divide by its per-dimension std (zscore)")
+    p.add_argument("--norm-data", default="trials",
+                   help="the speech those statistics come from: 'trials' (the trial list's own utterances, "
+                        "default) or a manifest CSV of in-domain utterances")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -15,11 +15,19 @@ a cohort of other speakers' utterances: for a trial (a, b) with raw score s,
 
 where μ_x, σ_x are the mean and (population) standard deviation of the top-K highest scores
 of utterance x against the cohort (the same protocol scores it against each cohort utterance).
+
+Embedding normalisation (before scoring, and before AS-norm): label-free adaptation to the
+evaluated domain. Each utterance vector v becomes (v − μ)/σ, scored by cosine, where μ is the
+mean of a set of unlabelled in-domain utterances' vectors (the trial list's own utterances,
+or a manifest) and σ their per-dimension standard deviation ("zscore") or 1 ("mean"). A model
+trained on one domain gives every recording of another (say, 8-kHz telephone speech) a shared
+offset that compresses all cosines; removing it is what z-scoring does for MFCC statistics.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import logging
@@ -163,6 +171,24 @@ def score_trials(trials: list[Trial], vectors: dict[str, np.ndarray], audio_root
     return np.einsum("nd,nd->n", a, b)
 
 
+def embed_manifest(model, protocol: Protocol, manifest, store, progress: bool, desc: str) -> tuple[np.ndarray, dict]:
+    """Utterance vectors [M, D] of a manifest's files (cached like the trials') and a record of the set."""
+    from ..inference.model import file_sha256
+
+    path = Path(manifest)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {desc} manifest")
+    entries = read_manifest(path)
+    if not entries:
+        raise ValueError(f"{path}: empty {desc} manifest")
+    base = path.resolve().parent
+    items = list({e.path: os.path.relpath(e.path, base) for e in entries}.items())
+    _check_files([p for p, _ in items], f"{desc} {path}")
+    emb, stats = embed_utterances(model, protocol, items, store, progress, desc=desc)
+    info = {"manifest": str(path.resolve()), "sha256": file_sha256(path), "utterances": len(items), "embedding": stats}
+    return np.stack([utterance_vector(emb[p]) for p, _ in items]), info
+
+
 def cohort_statistics(vectors: np.ndarray, cohort: np.ndarray, top_k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``vectors`` [U, D]: mean and population std of its top-``top_k`` scores against ``cohort`` [M, D]."""
     vectors, cohort = np.asarray(vectors, np.float64), np.asarray(cohort, np.float64)
@@ -181,6 +207,21 @@ def as_norm(scores: np.ndarray, mu_a: np.ndarray, sd_a: np.ndarray, mu_b: np.nda
     """Adaptive s-norm: ½·((s − μ_a)/σ_a + (s − μ_b)/σ_b)."""
     s = np.asarray(scores, np.float64)
     return 0.5 * ((s - mu_a) / np.maximum(sd_a, eps) + (s - mu_b) / np.maximum(sd_b, eps))
+
+
+EMBEDDING_NORMS = ("mean", "zscore")
+
+
+def set_statistics(vectors: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """μ = mean of the rows of ``vectors`` [N, D]; σ = their per-dimension population std ("zscore") or 1 ("mean")."""
+    v = np.asarray(vectors, np.float64)
+    return v.mean(0), (v.std(0) if kind == "zscore" else np.ones(v.shape[1]))
+
+
+def adapt_embeddings(vectors: np.ndarray, mu: np.ndarray, sd: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """v' = (v − μ)/σ scaled to unit length, so a dot product of two is the cosine of the adapted embeddings."""
+    v = (np.asarray(vectors, np.float64) - mu) / np.maximum(sd, eps)
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), eps)
 
 
 def metrics_from_scores(scores, labels) -> dict:
@@ -209,13 +250,16 @@ def evaluate(model, trials_path: str | os.PathLike, audio_root: str | os.PathLik
              protocol: str | Protocol = "full", out: str | os.PathLike | None = None,
              cache: str | os.PathLike | None | bool = None, score_norm: str | None = None,
              cohort: str | os.PathLike | None = None, top_k: int = 200, device: str | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, embedding_norm: str | None = None,
+             norm_data: str | os.PathLike | None = None) -> dict:
     """Evaluate ``model`` (a ``SpeakerEncoder`` or a model/checkpoint/run path) on a trial list.
 
     ``audio_root`` defaults to the trial list's folder; ``cache`` is a folder (None: the default
     cache folder; False: no cache). ``score_norm="asnorm"`` needs ``cohort`` (a manifest of other
-    speakers' utterances). Writes ``out`` (JSON) and its two PNGs when ``out`` is given; returns
-    the results dict.
+    speakers' utterances). ``embedding_norm`` ("mean" or "zscore") adapts the embeddings to the
+    statistics of ``norm_data``: None or "trials" (the trial list's own utterances, unlabelled) or
+    a manifest of in-domain utterances. Writes ``out`` (JSON) and its two PNGs when ``out`` is
+    given; returns the results dict.
     """
     from .. import __version__
     from ..inference.model import SpeakerEncoder, file_sha256
@@ -232,6 +276,10 @@ def evaluate(model, trials_path: str | os.PathLike, audio_root: str | os.PathLik
         raise ValueError(f"score_norm={score_norm!r}: expected none or asnorm")
     elif cohort is None:
         raise ValueError("score normalisation asnorm needs a cohort manifest (--cohort MANIFEST)")
+    if embedding_norm in (None, "none"):
+        embedding_norm = None
+    elif embedding_norm not in EMBEDDING_NORMS:
+        raise ValueError(f"embedding_norm={embedding_norm!r}: expected none, mean or zscore")
     trials_path = Path(trials_path)
     if not trials_path.is_file():
         raise FileNotFoundError(f"{trials_path}: no such trial list")
@@ -255,30 +303,36 @@ def evaluate(model, trials_path: str | os.PathLike, audio_root: str | os.PathLik
         store = EmbeddingCache(default_cache_dir() if cache in (None, True) else cache, model.fingerprint, protocol)
     emb, emb_stats = embed_utterances(model, protocol, list(seen.items()), store, progress)
     vectors = {p: utterance_vector(e) for p, e in emb.items()}
+    emb_norm_info, adapt = None, None
+    if embedding_norm:
+        if norm_data in (None, "trials"):
+            data, emb_norm_info = np.stack(list(vectors.values())), {"data": "trials", "utterances": len(vectors)}
+        else:
+            data, info = embed_manifest(model, protocol, norm_data, store, progress, "norm data")
+            emb_norm_info = {"data": "manifest", **info}
+        if len(data) < 2:
+            raise ValueError(f"embedding normalisation needs at least 2 utterances of norm data, got {len(data)}")
+        adapt = functools.partial(adapt_embeddings, **dict(zip(("mu", "sd"), set_statistics(data, embedding_norm))))
+        vectors = dict(zip(vectors, adapt(np.stack(list(vectors.values())))))
+        emb_norm_info = {"name": embedding_norm, **emb_norm_info,
+                         "formula": "cosine of (v - mu)/sd" + (" (sd: population std per dimension)"
+                                                              if embedding_norm == "zscore" else " (sd = 1)")}
     raw = np.asarray(score_trials(trials, vectors, root), dtype=np.float64)
     scores = raw
     norm_info = None
     if score_norm == "asnorm":
-        cohort_path = Path(cohort)
-        if not cohort_path.is_file():
-            raise FileNotFoundError(f"{cohort_path}: no such cohort manifest")
-        entries = read_manifest(cohort_path)
-        if not entries:
-            raise ValueError(f"{cohort_path}: empty cohort manifest")
-        base = cohort_path.resolve().parent
-        citems = list({e.path: os.path.relpath(e.path, base) for e in entries}.items())
-        _check_files([p for p, _ in citems], f"cohort {cohort_path}")
-        cemb, cstats = embed_utterances(model, protocol, citems, store, progress, desc="cohort")
-        cmat = np.stack([utterance_vector(cemb[p]) for p, _ in citems])
+        cmat, cinfo = embed_manifest(model, protocol, cohort, store, progress, "cohort")
+        if adapt is not None:
+            cmat = adapt(cmat)
         upaths = list(vectors)
         mu, sd = cohort_statistics(np.stack([vectors[p] for p in upaths]), cmat, top_k)
         index = {p: i for i, p in enumerate(upaths)}
         ia = np.array([index[resolve(t.a, root)] for t in trials])
         ib = np.array([index[resolve(t.b, root)] for t in trials])
         scores = as_norm(raw, mu[ia], sd[ia], mu[ib], sd[ib])
-        norm_info = {"name": "asnorm", "cohort": str(cohort_path.resolve()), "cohort_sha256": file_sha256(cohort_path),
-                     "cohort_size": len(citems), "top_k": int(top_k), "effective_top_k": min(int(top_k), len(citems)),
-                     "std": "population (ddof=0)", "cohort_embedding": cstats,
+        norm_info = {"name": "asnorm", "cohort": cinfo["manifest"], "cohort_sha256": cinfo["sha256"],
+                     "cohort_size": len(cmat), "top_k": int(top_k), "effective_top_k": min(int(top_k), len(cmat)),
+                     "std": "population (ddof=0)", "cohort_embedding": cinfo["embedding"],
                      "formula": "0.5*((s-mu_a)/sd_a + (s-mu_b)/sd_b) over each side's top-k cohort scores"}
 
     metrics = metrics_from_scores(scores, labels)
@@ -288,6 +342,7 @@ def evaluate(model, trials_path: str | os.PathLike, audio_root: str | os.PathLik
         "n_trials": len(trials),
         "protocol": protocol.to_dict(),
         "score_norm": norm_info,
+        "embedding_norm": emb_norm_info,
         "trials": {"path": str(trials_path.resolve()), "sha256": file_sha256(trials_path), "n_trials": len(trials),
                    "targets": n_target, "nontargets": len(trials) - n_target, "utterances": len(seen),
                    "audio_root": str(Path(root).resolve())},
@@ -319,7 +374,8 @@ def write_results(results: dict, out: str | os.PathLike, scores, labels) -> dict
     out = Path(out)
     scores_png, det_png = plot_paths(out)
     proto = results.get("protocol", {}).get("name", "")
-    norm = " + AS-norm" if results.get("score_norm") else ""
+    en = results.get("embedding_norm")
+    norm = (f" + {en['name']} over {en['data']}" if en else "") + (" + AS-norm" if results.get("score_norm") else "")
     title = f"{Path(results.get('trials', {}).get('path', '')).name} · {proto}{norm}"
     eer_thr = results.get("eer_threshold")
     plot_score_distributions(scores, labels, eer_thr if isinstance(eer_thr, float) else None, scores_png,
@@ -340,5 +396,6 @@ def _write_json(results: dict, out: str | os.PathLike) -> None:
     os.replace(tmp, out)
 
 
-__all__ = ["evaluate", "embed_utterances", "score_trials", "cohort_statistics", "as_norm", "metrics_from_scores",
+__all__ = ["evaluate", "embed_utterances", "embed_manifest", "score_trials", "cohort_statistics", "as_norm",
+           "set_statistics", "adapt_embeddings", "metrics_from_scores",
            "EmbeddingCache", "default_cache_dir", "plot_paths", "write_results"]

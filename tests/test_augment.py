@@ -8,7 +8,8 @@ import scipy.signal
 import soundfile as sf
 import torch
 
-from sslspeaker.augment import (AugmentConfig, Augmenter, NoiseBank, RirBank, combine_sources, low_pass, mix_at_snr,
+from sslspeaker.augment import (AugmentConfig, Augmenter, NoiseBank, RirBank, combine_sources, equalise, low_pass,
+                                mix_at_snr,
                                 reverberate)
 from sslspeaker.data.audio import read_audio
 from sslspeaker.data.manifest import Entry
@@ -392,6 +393,22 @@ def test_low_pass_keeps_the_band_below_each_rows_cutoff():
     assert y.dtype == x.dtype and torch.equal(x, torch.from_numpy(np.stack([sum(tones.values())] * 2)).float())
 
 
+def test_equalise_scales_each_tone_by_the_curve():
+    t = np.arange(SR) / SR
+    freqs = (30, 200, 1000, 3000, 7000)  # 30 Hz: below the curve's 50-Hz floor, gets G(50 Hz)
+    x = torch.from_numpy(np.stack([sum(np.sin(2 * np.pi * f * t) for f in freqs)] * 2))
+    gains, phases = torch.tensor([[4.0, -2.0, 1.0], [0.0, 0.0, 0.0]]), torch.tensor([[0.5, 1.0, 2.0], [0.0, 0.0, 0.0]])
+    y = equalise(x, gains, phases, SR)
+
+    def curve_db(f, g, ph):
+        u = math.log2(max(f, 50) / 50) / math.log2(SR / 100)
+        return sum(g[j] * math.cos((j + 1) * math.pi * u + ph[j]) for j in range(3))
+
+    want = sum(10 ** (curve_db(f, [4.0, -2.0, 1.0], [0.5, 1.0, 2.0]) / 20) * np.sin(2 * np.pi * f * t) for f in freqs)
+    np.testing.assert_allclose(y[0].numpy(), want, atol=1e-9)
+    torch.testing.assert_close(y[1], x[1])  # all-zero gains: identity
+
+
 def test_bandlimit_fraction_cutoffs_and_order(banks):
     aug = Augmenter(AugmentConfig(bandlimit_p=0.3, bandlimit_hz=(3400, 4000)), *banks, mode="N|R", seed=5)
     draws = [aug.draw(400) for _ in range(3000)]
@@ -410,10 +427,25 @@ def test_bandlimit_fraction_cutoffs_and_order(banks):
     a, b = Augmenter(None, *banks, seed=9), Augmenter(AugmentConfig(bandlimit_p=0.0), *banks, seed=9)
     assert torch.equal(a.augment_views(views()), b.augment_views(views()))
     assert Augmenter(AugmentConfig(bandlimit_p=1.0), mode="none").draw(10).cutoff_hz is not None
+    eqs = Augmenter(AugmentConfig(eq_p=0.4, eq_db=3.0), mode="none", seed=3)
+    eq = [eqs.draw(10).eq for _ in range(3000)]
+    g = np.array([e[0] for e in eq if e is not None])
+    assert abs(len(g) / 3000 - 0.4) < 0.03 and g.shape[1] == 3 and abs(g.std() - 3.0) < 0.15
+    # the equaliser then the band limit, on the same view: both show in its spectrum
+    z = Augmenter(AugmentConfig(eq_p=1.0, bandlimit_p=1.0, bandlimit_hz=(3000, 3000)), mode="none", seed=4)
+    y = z.augment_views(views(b=2, v=1)).reshape(2, -1)
+    spec = torch.fft.rfft(y.double(), dim=-1).abs()
+    f = torch.fft.rfftfreq(y.shape[-1], 1 / SR)
+    assert spec[:, f > 3000].max() < 1e-4 * spec.max() and not torch.allclose(
+        y, low_pass(views(b=2, v=1).reshape(2, -1), torch.full((2,), 3000.0), SR), atol=1e-4)
     with pytest.raises(ValueError, match="bandlimit_p"):
         AugmentConfig(bandlimit_p=1.5)
     with pytest.raises(ValueError, match="bandlimit_hz"):
         AugmentConfig(bandlimit_hz=(3000, 9000))
+    with pytest.raises(ValueError, match="eq_p"):
+        AugmentConfig(eq_p=-0.1)
+    with pytest.raises(ValueError, match="eq_db"):
+        AugmentConfig(eq_db=-1)
 
 
 # --- real shared data ---------------------------------------------------------------------------

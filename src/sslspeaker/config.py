@@ -55,6 +55,8 @@ class AugmentConfig:
     on_device: bool = False  # batched on the training device instead of in data workers
     bandlimit: float = 0.0  # probability that a view is also low-passed to a telephone band (any mode)
     bandlimit_hz: list[float] = field(default_factory=lambda: [3400.0, 4000.0])  # its cutoff, drawn uniformly
+    eq: float = 0.0  # probability that a view is also coloured by a random smooth equaliser (any mode)
+    eq_db: float = 3.0  # std in dB of each of the equaliser's 3 cosine components over log frequency
 
 
 @dataclass

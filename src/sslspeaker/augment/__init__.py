@@ -1,7 +1,7 @@
-"""Augmentation of training views: additive noise (MUSAN-style categories), reverberation, telephone band."""
+"""Augmentation of training views: additive noise (MUSAN-style categories), reverberation, channel (EQ, band)."""
 
 from .augmenter import APPLY_TO, MODES, AugmentConfig, Augmenter, ViewAug
-from .channel import low_pass
+from .channel import equalise, low_pass
 from .noise import NoiseBank, combine_sources, mix_at_snr
 from .reverb import RirBank, prepare_rir, reverberate
 
@@ -14,6 +14,7 @@ __all__ = [
     "RirBank",
     "ViewAug",
     "combine_sources",
+    "equalise",
     "low_pass",
     "mix_at_snr",
     "prepare_rir",

@@ -1,7 +1,8 @@
 """Per-view augmentation of contrastive views (MoCoVox Table 1 settings: none, noise, reverb, N|R).
 
-Independently of the mode, a view may also be band-limited to a telephone band
-(``AugmentConfig.bandlimit_p``), after its noise or reverberation, as a telephone channel would.
+Independently of the mode, a view may also pass through a channel after its noise or
+reverberation: a random smooth equaliser (``AugmentConfig.eq_p``), then a telephone band limit
+(``AugmentConfig.bandlimit_p``).
 
 Randomness comes only from a numpy Generator (passed in, or owned and checkpointable), and all
 random choices, including noise segments and RIRs, are drawn on the CPU, so a run is
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from ..data.audio import SAMPLE_RATE
-from .channel import low_pass
+from .channel import EQ_COMPONENTS, equalise, low_pass
 from .noise import NoiseBank, combine_sources, mix_at_snr
 from .reverb import RirBank, convolve_spectrum, fft_length
 
@@ -38,6 +39,8 @@ class AugmentConfig:
     category_weights: dict[str, float] = field(default_factory=lambda: {"noise": 1.0, "music": 1.0, "babble": 1.0})
     bandlimit_p: float = 0.0  # probability that a view is also low-passed at a cutoff drawn from bandlimit_hz
     bandlimit_hz: tuple[float, float] = (3400.0, 4000.0)  # telephone speech: 8-kHz sampling, 3.4-kHz channel
+    eq_p: float = 0.0  # probability that a view is also coloured by a random smooth equaliser
+    eq_db: float = 3.0  # std (dB) of each of its cosine components over log frequency
 
     def __post_init__(self):
         for name in ("noise_snr", "music_snr", "babble_snr", "babble_count", "bandlimit_hz"):
@@ -49,8 +52,11 @@ class AugmentConfig:
             raise ValueError(f"AugmentConfig.babble_count must be ≥ 1, got {self.babble_count}")
         if not 0.0 <= self.p_noise_given_NR <= 1.0:
             raise ValueError(f"AugmentConfig.p_noise_given_NR must be in [0, 1], got {self.p_noise_given_NR}")
-        if not 0.0 <= self.bandlimit_p <= 1.0:
-            raise ValueError(f"AugmentConfig.bandlimit_p must be in [0, 1], got {self.bandlimit_p}")
+        for name in ("bandlimit_p", "eq_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"AugmentConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.eq_db < 0:
+            raise ValueError(f"AugmentConfig.eq_db must be >= 0, got {self.eq_db}")
         if not 0.0 < self.bandlimit_hz[0] <= self.bandlimit_hz[1] <= SAMPLE_RATE / 2:
             raise ValueError(f"AugmentConfig.bandlimit_hz must lie in (0, {SAMPLE_RATE // 2}] Hz, got {self.bandlimit_hz}")
         unknown = set(self.category_weights) - set(BANK_CATEGORY)
@@ -73,6 +79,7 @@ class ViewAug:
     sources: list[np.ndarray] = field(default_factory=list)  # one per noise file (babble: 3–7)
     snr_db: list[float] = field(default_factory=list)  # one per source, relative to the speech
     rir_index: int | None = None  # the RIR's index in the augmenter's bank (its spectrum is cached there)
+    eq: tuple[list[float], list[float]] | None = None  # equaliser (gains in dB, phases) of its cosines, or None
     cutoff_hz: float | None = None  # band limit applied last (None: full band)
 
 
@@ -124,8 +131,11 @@ class Augmenter:
         """The random augmentation of one view of ``n_samples`` samples, per ``mode`` (and band limit)."""
         rng = self.rng if rng is None else rng
         aug = self._draw_mode(n_samples, rng)
-        if self.config.bandlimit_p > 0 and rng.random() < self.config.bandlimit_p:  # no draw at p = 0: streams kept
-            aug.cutoff_hz = float(rng.uniform(*self.config.bandlimit_hz))
+        c = self.config  # no draws at p = 0: the random streams of runs without a channel are unchanged
+        if c.eq_p > 0 and rng.random() < c.eq_p:
+            aug.eq = (rng.normal(0.0, c.eq_db, EQ_COMPONENTS).tolist(), rng.uniform(0, 2 * np.pi, EQ_COMPONENTS).tolist())
+        if c.bandlimit_p > 0 and rng.random() < c.bandlimit_p:
+            aug.cutoff_hz = float(rng.uniform(*c.bandlimit_hz))
         return aug
 
     def _draw_mode(self, n_samples: int, rng: np.random.Generator) -> ViewAug:
@@ -180,6 +190,11 @@ class Augmenter:
             H = self.rir_bank.spectra(n, work, x.device)[[augs[i].rir_index for i in reverbed]]
             idx = torch.tensor(reverbed, device=x.device)
             out[idx] = convolve_spectrum(x[idx].to(work), H, n).to(x.dtype)
+        coloured = [i for i, a in enumerate(augs) if a.eq is not None]
+        if coloured:
+            idx = torch.tensor(coloured, device=x.device)
+            gains, phases = (torch.tensor([augs[i].eq[k] for i in coloured], dtype=torch.float64) for k in (0, 1))
+            out[idx] = equalise(out[idx], gains, phases, SAMPLE_RATE)
         limited = [i for i, a in enumerate(augs) if a.cutoff_hz is not None]
         if limited:
             idx = torch.tensor(limited, device=x.device)

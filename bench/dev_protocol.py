@@ -9,6 +9,7 @@ BENCHMARKS.md section, so methods and recipe changes line up side by side.
 import argparse
 import fcntl
 import json
+import os
 import resource
 import sys
 import time
@@ -65,10 +66,14 @@ def main() -> None:
     row["commit"] = code  # overrides are relative to the recipe as it was at this commit
     print(json.dumps(row), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as lock:  # runs side by side (one GPU, several recipes) finish at once
+    # runs side by side (one GPU, several recipes) finish at once; the lock is a file of its own because
+    # the results file is replaced, not rewritten, and a lock on a replaced file guards nothing
+    with open(RESULTS.with_name(f".{RESULTS.name}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         rows = [r for r in read_rows() if r["run"] != label] + [row]
-        RESULTS.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp = RESULTS.with_name(f".{RESULTS.name}.tmp{os.getpid()}")  # a crash mid-write leaves the old file whole
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, RESULTS)
     if not args.no_record:
         write_table(args, code)
 

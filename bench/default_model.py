@@ -45,6 +45,7 @@ def main() -> None:
     label = Path(args.run_dir).name
     run_row = next((json.loads(l) for l in open(RESULTS) if json.loads(l)["run"] == label), {}) if RESULTS.exists() else {}
     row = {"model": "default.safetensors", "trained from run": label, "recipe": run_row.get("recipe", "?"),
+           "overrides": run_row.get("overrides", "-"),
            "steps": ckpt["position"]["step"], "epochs": ckpt["position"]["epoch"],
            "training minutes": run_row.get("minutes", "?"), "dev EER %": round(res["eer"], 2),
            "dev minDCF0.01": round(res["min_dcf_0.01"], 3), "threshold": round(res["eer_threshold"], 4),

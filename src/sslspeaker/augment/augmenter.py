@@ -128,7 +128,7 @@ class Augmenter:
         self.rng.bit_generator.state = state["rng"]
 
     def draw(self, n_samples: int, rng: np.random.Generator | None = None) -> ViewAug:
-        """The random augmentation of one view of ``n_samples`` samples, per ``mode`` (and band limit)."""
+        """The random augmentation of one view of ``n_samples`` samples, per ``mode``, then its channel."""
         rng = self.rng if rng is None else rng
         aug = self._draw_mode(n_samples, rng)
         c = self.config  # no draws at p = 0: the random streams of runs without a channel are unchanged

@@ -32,11 +32,14 @@ def main() -> None:
     so = data_root(required=True) / "speechocean762"
     trials = so / "protocol" / "dev_trials.txt"
     res = evaluate(args.run_dir, trials, so, protocol="full", cache=False, progress=False)
-    by_protocol = [{"protocol": "full", "EER %": round(res["eer"], 2), "minDCF0.01": round(res["min_dcf_0.01"], 3),
-                    "minDCF0.05": round(res["min_dcf_0.05"], 3)}]
-    for name in [p for p in args.protocols.split(",") if p != "full"]:
-        r = evaluate(args.run_dir, trials, so, protocol=name, cache=False, progress=False)
-        by_protocol.append({"protocol": name, "EER %": round(r["eer"], 2), "minDCF0.01": round(r["min_dcf_0.01"], 3),
+    by_protocol = []
+    # the protocols, then full-utterance cosine after z-scoring over the dev utterances (evaluate --embedding-norm)
+    for name, norm in [("full", None)] + [(p, None) for p in args.protocols.split(",") if p != "full"] \
+            + [("full", "zscore")]:
+        r = res if (name, norm) == ("full", None) else evaluate(args.run_dir, trials, so, protocol=name, cache=False,
+                                                                progress=False, embedding_norm=norm)
+        by_protocol.append({"protocol": name + (f" + embedding-norm {norm} over the trials" if norm else ""),
+                            "EER %": round(r["eer"], 2), "minDCF0.01": round(r["min_dcf_0.01"], 3),
                             "minDCF0.05": round(r["min_dcf_0.05"], 3)})
     ckpt = load_checkpoint(Path(args.run_dir) / "checkpoints" / "last.pt")
     source = (f"dev EER threshold on speechocean762/protocol/dev_trials.txt (sha256 {res['trials']['sha256'][:12]}, "

@@ -442,6 +442,8 @@ def test_bandlimit_fraction_cutoffs_and_order(banks):
         AugmentConfig(bandlimit_p=1.5)
     with pytest.raises(ValueError, match="bandlimit_hz"):
         AugmentConfig(bandlimit_hz=(3000, 9000))
+    with pytest.raises(ValueError, match=r"bandlimit_hz must be \[low, high\]"):
+        AugmentConfig(bandlimit_hz=(3000, 3500, 4000))
     with pytest.raises(ValueError, match="eq_p"):
         AugmentConfig(eq_p=-0.1)
     with pytest.raises(ValueError, match="eq_db"):

@@ -44,6 +44,8 @@ class AugmentConfig:
 
     def __post_init__(self):
         for name in ("noise_snr", "music_snr", "babble_snr", "babble_count", "bandlimit_hz"):
+            if len(getattr(self, name)) != 2:
+                raise ValueError(f"AugmentConfig.{name} must be [low, high], got {getattr(self, name)}")
             lo, hi = getattr(self, name)  # lists from YAML are fine
             if lo > hi:
                 raise ValueError(f"AugmentConfig.{name}: low {lo} > high {hi}")

@@ -305,15 +305,16 @@ def evaluate(model, trials_path: str | os.PathLike, audio_root: str | os.PathLik
     vectors = {p: utterance_vector(e) for p, e in emb.items()}
     emb_norm_info, adapt = None, None
     if embedding_norm:
+        upaths, umat = list(vectors), np.stack(list(vectors.values()))
         if norm_data in (None, "trials"):
-            data, emb_norm_info = np.stack(list(vectors.values())), {"data": "trials", "utterances": len(vectors)}
+            data, emb_norm_info = umat, {"data": "trials", "utterances": len(upaths)}
         else:
             data, info = embed_manifest(model, protocol, norm_data, store, progress, "norm data")
             emb_norm_info = {"data": "manifest", **info}
         if len(data) < 2:
             raise ValueError(f"embedding normalisation needs at least 2 utterances of norm data, got {len(data)}")
         adapt = functools.partial(adapt_embeddings, **dict(zip(("mu", "sd"), set_statistics(data, embedding_norm))))
-        vectors = dict(zip(vectors, adapt(np.stack(list(vectors.values())))))
+        vectors = dict(zip(upaths, adapt(umat)))
         emb_norm_info = {"name": embedding_norm, **emb_norm_info,
                          "formula": "cosine of (v - mu)/sd" + (" (sd: population std per dimension)"
                                                               if embedding_norm == "zscore" else " (sd = 1)")}

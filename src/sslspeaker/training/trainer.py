@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..errors import Stopped
 from .. import distributed as dist_utils
 from ..config import Config, ConfigError, config_from_dict, save_config, to_dict
 from ..data.dataset import EpochBatchSampler, SegmentDataset, collate
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/last.pt"
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(Stopped):
     """The run stopped itself (non-finite losses); the last good checkpoint is intact."""
 
 

@@ -156,7 +156,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             value = {"manifest": value}
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _build(tp, value, where)
+        return build_dataclass(tp, value, where)
     if origin is list:
         if not isinstance(value, list):
             value = [value]
@@ -184,7 +184,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _build(cls, values: dict, where: str):
+def build_dataclass(cls, values: dict, where: str = ""):
+    """A ``cls`` dataclass from a plain tree, strictly: unknown keys and wrong types raise ``ConfigError``
+    naming the option (``where`` is the dotted prefix the names are reported under)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
@@ -220,10 +222,11 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_trees(base: dict, extra: dict) -> dict:
+    """``extra`` merged over ``base``, nested dicts merged key by key (neither is modified)."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_trees(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -253,22 +256,22 @@ def read_recipe(path: str | os.PathLike, _seen: tuple = ()) -> dict:
         raise ConfigError(f"{path}: base must be the path of another recipe, got {base!r}")
     parent = read_recipe(path.parent / base, (*_seen, path.resolve()))
     for key, section in tree.items():
-        parent[key] = section if _replaces(parent.get(key), section) else _merge(parent, {key: section})[key]
+        parent[key] = section if _replaces(parent.get(key), section) else merge_trees(parent, {key: section})[key]
     return parent
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
     """Recipe (or defaults) + overrides -> a checked ``Config``."""
     tree = read_recipe(path) if path is not None else {}
-    tree = _merge(tree, parse_overrides(overrides or []))
+    tree = merge_trees(tree, parse_overrides(overrides or []))
     try:
-        return _build(Config, tree, "")
+        return build_dataclass(Config, tree, "")
     except ConfigError as exc:
         raise ConfigError(f"{path or 'config'}: {exc}") from None
 
 
 def config_from_dict(tree: dict) -> Config:
-    return _build(Config, tree, "")
+    return build_dataclass(Config, tree, "")
 
 
 def to_dict(cfg: Config) -> dict:

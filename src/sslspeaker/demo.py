@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import Config, ConfigError, _merge, config_from_dict, parse_overrides
+from .config import Config, ConfigError, config_from_dict, merge_trees, parse_overrides
 
 RECIPE = "demo.yaml"
 REQUIRED_KEYS = ("eer", "eer_threshold", "min_dcf_0.01")
@@ -102,12 +102,12 @@ def _settings(values: dict) -> DemoSettings:
 def load_demo_config(overrides: list[str] | None = None) -> tuple[DemoSettings, dict]:
     """(demo settings, training-recipe tree) from the packaged recipe plus ``key=value`` overrides."""
     tree = yaml.safe_load(recipe_text()) or {}
-    tree = _merge(tree, parse_overrides(list(overrides or [])))
+    tree = merge_trees(tree, parse_overrides(list(overrides or [])))
     demo = tree.pop("demo", None) or {}
     if not isinstance(demo, dict):
         raise ConfigError("demo: expected a mapping of settings")
     settings = _settings(demo)
-    probe = _merge(tree, {"data": {"train": []}})
+    probe = merge_trees(tree, {"data": {"train": []}})
     try:
         config_from_dict(probe)  # unknown keys / wrong types fail now, before minutes of work
     except ConfigError as exc:
@@ -337,7 +337,7 @@ def run_demo(out: str | os.PathLike = "sslspeaker-demo", data: str | os.PathLike
         if int(opts.get("queue_size", 65536)) > limit:
             opts["queue_size"] = limit
         method["options"] = opts
-    run_tree = _merge(tree, {"data": {"train": [str(train_manifest.resolve())]},
+    run_tree = merge_trees(tree, {"data": {"train": [str(train_manifest.resolve())]},
                              "train": {"batch_size": batch, "epochs": epochs, "seed": seed},
                              "validation": {"trials": None}})
     cfg: Config = config_from_dict(run_tree)

@@ -101,12 +101,11 @@ def test_recipe_is_packaged_and_strict():
         load_demo_config(["train.nope=1"])
     with pytest.raises(ConfigError, match="disjoint"):
         load_demo_config(["demo.test_first_speaker=3"])
-    with pytest.raises(ConfigError, match="demo.train_speakers: expected an integer"):
-        load_demo_config(["demo.train_speakers=1.5"])
-    with pytest.raises(ConfigError, match="demo: need 0 < min_duration <= max_duration"):
-        load_demo_config(["demo.min_duration=5"])
-    with pytest.raises(ConfigError, match="demo: expected a mapping"):
-        load_demo_config(["demo=3"])
+    for override, message in (("demo.train_speakers=1.5", "demo.train_speakers: expected an integer"),
+                              ("demo.min_duration=5", "demo: need 0 < min_duration <= max_duration"),
+                              ("demo=3", "demo: expected a mapping")):
+        with pytest.raises(ConfigError, match=message):
+            load_demo_config([override])
     assert load_demo_config(["demo.minutes=3"])[0].minutes == 3.0 and isinstance(settings.minutes, float)
 
 

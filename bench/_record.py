@@ -2,6 +2,9 @@
 
 Each benchmark owns one section between ``<!-- bench:NAME -->`` markers; re-running the
 benchmark replaces its section, so every number in the file came from a script run.
+
+The scripts run as ``python bench/NAME.py``: Python puts the script's folder, ``bench/``, first
+on ``sys.path``, so they import this module (and each other) by name.
 """
 
 from __future__ import annotations

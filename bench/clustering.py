@@ -11,17 +11,15 @@ utterances at the C3-MoCo development row's examples/s on this kind of machine
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _record import hardware_kind, record, table  # noqa: E402
+import torch
 
-import torch  # noqa: E402
+from sslspeaker.config import load_config
+from sslspeaker.methods.clustering import kmeans
 
-from sslspeaker.config import load_config  # noqa: E402
-from sslspeaker.methods.clustering import kmeans  # noqa: E402
+from _record import hardware_kind, record, table
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,18 +6,16 @@ model, so the figure is what the data path can feed a trainer.
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _record import record, table  # noqa: E402
+import torch
 
-import torch  # noqa: E402
+from sslspeaker.config import load_config
+from sslspeaker.data.dataset import EpochBatchSampler, SegmentDataset, collate
+from sslspeaker.training.build import build_augmenter, load_all, worker_augment
 
-from sslspeaker.config import load_config  # noqa: E402
-from sslspeaker.data.dataset import EpochBatchSampler, SegmentDataset, collate  # noqa: E402
-from sslspeaker.training.build import build_augmenter, load_all, worker_augment  # noqa: E402
+from _record import record, table
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "moco_speechocean762.yaml"
 

@@ -8,16 +8,14 @@ commit of the training run) and its dev EER/minDCF.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _record import record, table  # noqa: E402
+from sslspeaker.evaluation.evaluate import evaluate
+from sslspeaker.inference.model import default_model_path, export_model
+from sslspeaker.paths import data_root
+from sslspeaker.training.checkpoint import load_checkpoint
 
-from sslspeaker.evaluation.evaluate import evaluate  # noqa: E402
-from sslspeaker.inference.model import default_model_path, export_model  # noqa: E402
-from sslspeaker.paths import data_root  # noqa: E402
-from sslspeaker.training.checkpoint import load_checkpoint  # noqa: E402
+from _record import record, table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dev_protocol.jsonl"
 

@@ -11,14 +11,12 @@ separate, accumulating table instead of replacing the packaged demo's rows.
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _record import commit, cpu_kind, record, table  # noqa: E402
+from sslspeaker.demo import run_demo
 
-from sslspeaker.demo import run_demo  # noqa: E402
+from _record import commit, cpu_kind, record, table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "demo.jsonl"
 SCREENING = RESULTS.with_name("demo_screening.jsonl")

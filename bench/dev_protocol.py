@@ -9,19 +9,18 @@ BENCHMARKS.md section, so methods and recipe changes line up side by side.
 import argparse
 import fcntl
 import json
-import os
 import resource
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _record import commit, hardware_kind, record, table  # noqa: E402
+from sslspeaker.config import load_config
+from sslspeaker.evaluation.evaluate import evaluate
+from sslspeaker.fileio import atomic_write_text
+from sslspeaker.paths import data_root
+from sslspeaker.training.trainer import Trainer
 
-from sslspeaker.config import load_config  # noqa: E402
-from sslspeaker.evaluation.evaluate import evaluate  # noqa: E402
-from sslspeaker.paths import data_root  # noqa: E402
-from sslspeaker.training.trainer import Trainer  # noqa: E402
+from _record import commit, hardware_kind, record, table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "dev_protocol.jsonl"
@@ -71,9 +70,7 @@ def main() -> None:
     with open(RESULTS.with_name(f".{RESULTS.name}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         rows = [r for r in read_rows() if r["run"] != label] + [row]
-        tmp = RESULTS.with_name(f".{RESULTS.name}.tmp{os.getpid()}")  # a crash mid-write leaves the old file whole
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, RESULTS)
+        atomic_write_text(RESULTS, "".join(json.dumps(r) + "\n" for r in rows))  # a crash leaves the old file whole
     if not args.no_record:
         write_table(args, code)
 

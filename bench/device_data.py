@@ -16,6 +16,7 @@ from pathlib import Path
 
 import soundfile as sf
 
+from sslspeaker.fileio import atomic_path
 from sslspeaker.paths import data_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,9 +28,8 @@ def encode(job: tuple[str, str]) -> None:
     if os.path.exists(dst):
         return
     x, sr = sf.read(src, dtype="float32")
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    sf.write(dst + ".part", x, sr, format="OGG", subtype="OPUS", compression_level=OPUS_LEVEL)
-    os.replace(dst + ".part", dst)
+    with atomic_path(dst) as tmp:  # an interrupted run leaves no half file that would count as done
+        sf.write(str(tmp), x, sr, format="OGG", subtype="OPUS", compression_level=OPUS_LEVEL)
 
 
 def main() -> None:

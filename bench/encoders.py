@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _record import record, table  # noqa: E402
+from _record import record, table
 
 # key -> (encoder name, options, label)
 ENCODERS = {

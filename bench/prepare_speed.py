@@ -2,15 +2,13 @@
 
 import argparse
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _record import record, table  # noqa: E402
+from sslspeaker.data.prepare import prepare
+from sslspeaker.paths import data_root
 
-from sslspeaker.data.prepare import prepare  # noqa: E402
-from sslspeaker.paths import data_root  # noqa: E402
+from _record import record, table
 
 
 def main() -> None:

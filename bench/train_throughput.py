@@ -8,20 +8,18 @@ FLOPs (torch's FlopCounterMode) over the measured steps.
 """
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _record import record, table  # noqa: E402
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from sslspeaker.config import load_config
+from sslspeaker.training.trainer import Trainer
 
-from sslspeaker.config import load_config  # noqa: E402
-from sslspeaker.training.trainer import Trainer  # noqa: E402
+from _record import record, table
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "moco_speechocean762.yaml"
 

@@ -9,6 +9,7 @@ from conftest import write_audio
 from sslspeaker.data.audio import AudioError, read_audio
 from sslspeaker.data.crops import read_crops, tile_to
 from sslspeaker.data.dataset import EpochBatchSampler, SegmentDataset, collate
+from sslspeaker.data.folders import scan, speaker_entries, speaker_folders
 from sslspeaker.data.manifest import Entry, Trial, read_manifest, read_trials, write_manifest, write_trials
 from sslspeaker.data.prepare import prepare
 from sslspeaker.data.validate import Policy, probe
@@ -119,6 +120,39 @@ def test_prepare_folder_reports_and_skips(tmp_path):
     for name, reason in EXPECTED_REASONS.items():
         assert report[name]["action"] == "rejected" and report[name]["reason"].startswith(reason)
     assert report["stereo.wav"]["action"] == "kept"
+
+
+def test_prepare_writes_only_its_outputs(tmp_path):
+    """Manifest, report and summary are written atomically: no temporary file is left beside them."""
+    make_bad_files(tmp_path / "c")
+    prepare("folder", tmp_path / "c", tmp_path / "out", progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.csv", "prepare.json", "report.csv"]
+
+
+def test_speaker_entries_measure_and_leave_out(tmp_path):
+    root = tmp_path / "speech"
+    write_audio(root / "a" / "long.wav", seconds=1.5)
+    write_audio(root / "a" / "short.wav", seconds=0.25)
+    write_audio(root / "b" / "ok.flac", seconds=1.0)
+    (root / "b" / "broken.wav").write_bytes(b"RIFF" + b"\0" * 40)
+    speaker_root, groups, loose = speaker_folders(root)
+    assert speaker_root == root and list(groups) == ["a", "b"] and loose == 0
+    entries, dropped = speaker_entries(groups, min_seconds=0.5)
+    assert dropped == {"unreadable": 1, "short": 1}
+    assert {spk: [(e.path.split("/")[-1], round(e.duration, 3)) for e in es] for spk, es in entries.items()} == \
+        {"a": [("long.wav", 1.5)], "b": [("ok.flac", 1.0)]}
+    assert all(e.speaker == spk for spk, es in entries.items() for e in es)
+
+
+def test_speaker_folders_errors_and_scan(tmp_path):
+    with pytest.raises(ValueError, match="no such folder"):
+        speaker_folders(tmp_path / "nope")
+    (tmp_path / "empty" / "x").mkdir(parents=True)
+    (tmp_path / "empty" / "x" / "notes.txt").write_text("no audio")
+    with pytest.raises(ValueError, match="no audio files found"):
+        speaker_folders(tmp_path / "empty")
+    write_audio(tmp_path / "empty" / "x" / "B.WAV")
+    assert scan(tmp_path / "empty") == [tmp_path / "empty" / "x" / "B.WAV"]
 
 
 def test_prepare_layouts(tmp_path):

@@ -10,10 +10,11 @@ import pytest
 
 from sslspeaker.cli import main
 from sslspeaker.config import ConfigError
+from sslspeaker.data.folders import speaker_folders
 from sslspeaker.data.manifest import read_manifest, read_trials
 from sslspeaker.data.synth import generate_corpus
 from sslspeaker.data.trials import build_trials, split_speakers
-from sslspeaker.demo import REQUIRED_KEYS, load_demo_config, recipe_text, run_demo, speaker_folders
+from sslspeaker.demo import REQUIRED_KEYS, load_demo_config, recipe_text, run_demo
 from sslspeaker.inference.model import SpeakerEncoder
 
 # A miniature demo: a handful of short utterances, seconds of training.
@@ -100,6 +101,24 @@ def test_recipe_is_packaged_and_strict():
         load_demo_config(["train.nope=1"])
     with pytest.raises(ConfigError, match="disjoint"):
         load_demo_config(["demo.test_first_speaker=3"])
+    for override, message in (("demo.train_speakers=1.5", "demo.train_speakers: expected an integer"),
+                              ("demo.min_duration=5", "demo: need 0 < min_duration <= max_duration"),
+                              ("demo=3", "demo: expected a mapping")):
+        with pytest.raises(ConfigError, match=message):
+            load_demo_config([override])
+    assert load_demo_config(["demo.minutes=3"])[0].minutes == 3.0 and isinstance(settings.minutes, float)
+
+
+def test_moco_queue_fitted_to_the_pool():
+    from sslspeaker.methods.pool_fit import fit_options_to_pool
+
+    options = {"queue_size": 64, "momentum": 0.99}
+    assert fit_options_to_pool("moco", options, n_examples=18, batch_size=6) == {"queue_size": 18, "momentum": 0.99}
+    assert fit_options_to_pool("moco", options, n_examples=20, batch_size=6) == {"queue_size": 18, "momentum": 0.99}
+    assert fit_options_to_pool("moco", options, n_examples=1000, batch_size=64) == options  # fits already
+    assert fit_options_to_pool("moco", {}, n_examples=1600, batch_size=64) == {"queue_size": 1600}  # 65536 default
+    assert fit_options_to_pool("simclr", {"temperature": 0.1}, 18, 6) == {"temperature": 0.1}
+    assert options == {"queue_size": 64, "momentum": 0.99}  # not modified
 
 
 def _touch_flac(path: Path) -> None:

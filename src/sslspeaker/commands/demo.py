@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from ..demo import DemoError, run_demo
-    from ..training.trainer import TrainingStopped
+    from ..demo import run_demo
 
-    try:
-        run_demo(args.out, data=args.data, minutes=args.minutes, seed=args.seed, overrides=args.overrides,
-                 progress=not args.quiet)
-    except (ConfigError, DemoError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingStopped as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return 3
+    run_demo(args.out, data=args.data, minutes=args.minutes, seed=args.seed, overrides=args.overrides,
+             progress=not args.quiet)
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def run(args: argparse.Namespace) -> int:
@@ -12,13 +11,8 @@ def run(args: argparse.Namespace) -> int:
 
     policy = Policy(min_duration=args.min_duration, sample_rate=args.sample_rate,
                     allow_upsample=args.allow_upsample, check_content=not args.header_only)
-    try:
-        summary = prepare(args.kind, args.root, args.out, policy=policy, workers=args.workers,
-                          progress=not args.quiet, trials=args.trials, category=args.category,
-                          no_speaker=args.no_speaker)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = prepare(args.kind, args.root, args.out, policy=policy, workers=args.workers, progress=not args.quiet,
+                      trials=args.trials, category=args.category, no_speaker=args.no_speaker)
     print(f"{summary['kept']} of {summary['files']} files kept ({summary['rejected']} rejected, "
           f"{summary['speakers']} speakers, {summary['hours']} h) in {summary['seconds']} s "
           f"[{summary['files_per_second']} files/s] -> {args.out}/manifest.csv")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..fileio import atomic_open
+
 COLUMNS = ("path", "speaker", "duration")
 
 
@@ -67,8 +69,7 @@ def write_manifest(path: str | os.PathLike, entries: Iterable[Entry], relative: 
     base = path.resolve().parent
     entries = list(entries)
     with_category = any(e.category for e in entries)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(COLUMNS + (("category",) if with_category else ()))
         for e in entries:
@@ -77,7 +78,6 @@ def write_manifest(path: str | os.PathLike, entries: Iterable[Entry], relative: 
             if with_category:
                 row.append(e.category or "")
             w.writerow(row)
-    os.replace(tmp, path)
     return len(entries)
 
 
@@ -102,13 +102,9 @@ def read_trials(path: str | os.PathLike) -> list[Trial]:
 
 def write_trials(path: str | os.PathLike, trials: Sequence[Trial]) -> None:
     """Write a trial list atomically in the VoxCeleb format."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_open(path, "w") as f:
         for t in trials:
             f.write(f"{t.label} {t.a} {t.b}\n")
-    os.replace(tmp, path)
 
 
 def resolve(path: str, root: str | os.PathLike) -> str:

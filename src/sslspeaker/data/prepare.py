@@ -7,6 +7,7 @@ the corpus layout), probe them in parallel (header + partial reads, see ``valida
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -21,10 +22,11 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from ..fileio import atomic_open, atomic_path, atomic_write_text
+from .folders import AUDIO_EXTENSIONS, scan
 from .manifest import Entry, Trial, read_manifest, read_trials, write_manifest, write_trials
 from .validate import Policy, Probe, probe
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
 VOX1_TEST_SPEAKERS = {f"id{n}" for n in range(10270, 10310)}  # the 40 VoxCeleb1 test speakers
 VOX1_TRIAL_FILES = ("veri_test2.txt", "veri_test.txt", "list_test_all2.txt", "list_test_hard2.txt")
 
@@ -55,20 +57,6 @@ class Listing:
     subsets: dict[str, list[str]] = field(default_factory=dict)  # output name -> absolute paths
     min_duration: float | None = None  # per-kind override (impulse responses are short)
     audio_root: Path | None = None  # what trial-list paths are relative to
-
-
-def scan(root: Path, extensions=AUDIO_EXTENSIONS) -> list[Path]:
-    """All audio files under ``root``, sorted, following no symlinked folders twice."""
-    found: list[Path] = []
-    stack = [root]
-    while stack:
-        with os.scandir(stack.pop()) as it:
-            for e in it:
-                if e.is_dir():
-                    stack.append(Path(e.path))
-                elif e.name.lower().endswith(extensions):
-                    found.append(Path(e.path))
-    return sorted(found)
 
 
 def _folder(root: Path, options) -> Listing:
@@ -131,12 +119,10 @@ def _convert_m4a(files: list[Path], root: Path, dest: Path, ffmpeg: str, workers
     def one(src: Path) -> Path:
         dst = (dest / src.relative_to(root)).with_suffix(".flac")
         if not dst.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(dst.stem + ".part.flac")
-            subprocess.run([ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(src), "-ac", "1", "-ar", "16000",
-                            str(tmp)], check=False)
-            if tmp.exists():
-                os.replace(tmp, dst)
+            # a conversion that writes nothing is left out: the rename finds no file, and dst stays absent
+            with contextlib.suppress(FileNotFoundError), atomic_path(dst, ".flac") as tmp:
+                subprocess.run([ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(src), "-ac", "1",
+                                "-ar", "16000", str(tmp)], check=False)
         return dst
 
     with ThreadPoolExecutor(workers) as pool:
@@ -247,17 +233,15 @@ def prepare(kind: str, root: str | os.PathLike, out: str | os.PathLike, *, polic
         "subsets": sorted(listing.subsets), "trials": trials_kept,
         "trials_audio_root": str((listing.audio_root or root).resolve()) if listing.trials else None,
     }
-    (out / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "prepare.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def _write_report(path: Path, rows) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("path", "action", "reason"))
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _copy_trials(src: Path, dst: Path, audio_root: Path, good: dict[str, Entry]) -> dict:
@@ -269,4 +253,4 @@ def _copy_trials(src: Path, dst: Path, audio_root: Path, good: dict[str, Entry])
     return {"source": str(src), "trials": len(trials), "kept": len(kept)}
 
 
-__all__ = ["prepare", "KINDS", "Policy", "scan", "Trial"]
+__all__ = ["prepare", "KINDS", "Policy", "scan", "AUDIO_EXTENSIONS", "Trial"]

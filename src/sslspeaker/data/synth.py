@@ -35,6 +35,7 @@ import numpy as np
 import soundfile as sf
 from scipy.ndimage import convolve1d
 
+from ..fileio import atomic_path
 from .audio import SAMPLE_RATE
 from .manifest import Entry, write_manifest
 
@@ -209,33 +210,61 @@ def _istft(X: np.ndarray, n_fft: int, hop: int, win: np.ndarray, length: int) ->
     return out * (hop / n_fft * 2.0)  # periodic sqrt-Hann analysis*synthesis sums to n_fft/(2 hop)
 
 
-def synthesize(voice: Voice, duration: float, seed: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """One utterance of ``voice``: float32 mono, exactly round(duration*sample_rate) samples, peak <= 1."""
-    n = int(round(duration * sample_rate))
-    if n <= 0:
-        return np.zeros(0, np.float32)
-    rng = np.random.default_rng(seed)
-    v = _perturb(voice, rng)
-    sr, dur = sample_rate, n / sample_rate
-    seg = _segments(rng, v, dur)
-    ends = np.cumsum(seg[:, 0])
+@dataclass(frozen=True)
+class _Grid:
+    """The STFT grid of an ``n``-sample signal: 32-ms sqrt-Hann frames, 8-ms hop, ``n_fft`` of padding each side."""
 
-    # Amplitude tracks on a 1-ms grid, ramped over 5 ms, then per sample.
+    n: int
+    sr: int
+    n_fft: int
+    hop: int
+    win: np.ndarray
+
+    def analyse(self, x: np.ndarray) -> np.ndarray:
+        """Frames [T, n_fft // 2 + 1] of the padded signal."""
+        return _stft(np.pad(x, (self.n_fft, self.n_fft + (-self.n) % self.hop)), self.n_fft, self.hop, self.win)
+
+    def synthesise(self, X: np.ndarray) -> np.ndarray:
+        """The ``n`` samples that frames ``X`` overlap-add to (padding removed)."""
+        length = self.n + 2 * self.n_fft + (-self.n) % self.hop
+        return _istft(X, self.n_fft, self.hop, self.win, length)[self.n_fft : self.n_fft + self.n]
+
+    def times(self) -> np.ndarray:
+        """Centre time (s) of each frame, clipped at 0."""
+        T = (self.n + 2 * self.n_fft + (-self.n) % self.hop - self.n_fft) // self.hop + 1
+        return np.clip((np.arange(T) * self.hop - self.n_fft / 2) / self.sr, 0, None)
+
+    def freqs(self) -> np.ndarray:
+        """Bin frequencies (Hz) as a row [1, n_fft // 2 + 1]."""
+        return np.fft.rfftfreq(self.n_fft, 1 / self.sr)[None, :]
+
+
+def _grid(n: int, sr: int) -> _Grid:
+    n_fft = 1 << int(round(np.log2(0.032 * sr)))
+    win = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft))
+    return _Grid(n, sr, n_fft, n_fft // 4, win)
+
+
+def _amplitude_tracks(seg: np.ndarray, ends: np.ndarray, dur: float, ts: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """(1-ms grid, (voicing, aspiration, frication) per sample): segment levels ramped over 5 ms."""
     tc = np.arange(int(dur * 1000) + 2) / 1000.0
     ic = np.minimum(np.searchsorted(ends, tc, side="right"), len(seg) - 1)
     amps = convolve1d(seg[ic][:, 5:8], np.hanning(7)[1:-1] / 3.0, axis=0, mode="nearest")
-    ts = np.arange(n) / sr
-    av, ah, af = (np.interp(ts, tc, amps[:, j]) for j in range(3))
+    return tc, tuple(np.interp(ts, tc, amps[:, j]) for j in range(3))
 
-    # F0: declination + a few accents + optional question rise, in semitones around the voice's F0.
+
+def _f0_track(rng: np.random.Generator, v: Voice, tc: np.ndarray, ts: np.ndarray, dur: float) -> np.ndarray:
+    """F0 per sample: declination + a few accents + optional question rise, in semitones around the voice's F0."""
     st = np.linspace(rng.uniform(0, 1.5), rng.uniform(-3, -1), tc.size)
     for c in rng.uniform(0, dur, max(1, rng.poisson(1.2 * dur))):
         st += rng.normal(2.5, 1.0) * np.exp(-0.5 * ((tc - c) / rng.uniform(0.08, 0.2)) ** 2)
     if rng.random() < 0.25:
         st += 4.0 * np.clip((tc - dur + 0.3) / 0.3, 0, 1)
-    f0 = np.interp(ts, tc, v.f0 * 2.0 ** (v.f0_range * st / 12.0))
+    return np.interp(ts, tc, v.f0 * 2.0 ** (v.f0_range * st / 12.0))
 
-    # Glottal source: phase accumulation, with jitter and shimmer redrawn per period.
+
+def _glottal_pulses(rng: np.random.Generator, v: Voice, f0: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """(unit-variance Rosenberg pulse train, open-phase mask): phase accumulation, jitter and shimmer per period."""
     phase = np.cumsum(f0 / sr)
     jit = 1.0 + v.jitter * rng.standard_normal(int(phase[-1]) + 2)
     phase = np.cumsum(f0 * jit[phase.astype(np.int64)] / sr) + rng.random()
@@ -246,49 +275,85 @@ def synthesize(voice: Voice, duration: float, seed: int, sample_rate: int = SAMP
                      np.where(frac < tp + tn, -np.sin(0.5 * np.pi * (frac - tp) / tn) / tn, 0.0))
     pulse *= 1.0 + v.shimmer * rng.standard_normal(k[-1] + 2)[k - k[0]]
     pulse /= pulse.std() + 1e-9
-    noise = rng.standard_normal((3, n))
-    voiced = av * (pulse + v.breath * (frac < tp + tn) * noise[0]) + ah * noise[1]
-    fric = af * noise[2]
+    return pulse, frac < tp + tn
 
-    # Frame-wise envelopes (log magnitude, nepers), with frames centred where _stft puts them.
-    n_fft = 1 << int(round(np.log2(0.032 * sr)))
-    hop = n_fft // 4
-    win = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft))
-    pad = lambda x: np.pad(x, (n_fft, n_fft + (-n) % hop))  # noqa: E731
-    T = (n + 2 * n_fft + (-n) % hop - n_fft) // hop + 1
-    tf = np.clip((np.arange(T) * hop - n_fft / 2) / sr, 0, None)
-    p = seg[np.minimum(np.searchsorted(ends, tf, side="right"), len(seg) - 1)]
+
+def _sources(rng: np.random.Generator, v: Voice, pulse: np.ndarray, open_phase: np.ndarray,
+             amps: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(voiced-path source, frication source): pulses with pulse-gated breath, aspiration and frication noise."""
+    av, ah, af = amps
+    noise = rng.standard_normal((3, pulse.size))
+    voiced = av * (pulse + v.breath * open_phase * noise[0]) + ah * noise[1]
+    return voiced, af * noise[2]
+
+
+def _tract(v: Voice, p: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Voiced-path log magnitude per frame: formants F1-F7, piriform fossa, nasal pole/zero and source tilt."""
     smooth = np.array([1, 2, 3, 2, 1]) / 9.0  # ~40-ms formant transitions
     F = np.exp(convolve1d(np.log(p[:, 1:5]), smooth, axis=0, mode="nearest"))
     nas = np.maximum(convolve1d(p[:, 10], smooth, mode="nearest"), v.nasality)[:, None]
-    f = np.fft.rfftfreq(n_fft, 1 / sr)[None, :]
     B = BANDWIDTHS * v.bandwidth
     Lv = sum(_logres(f, F[:, i : i + 1], B[i]) for i in range(4)) + _logres(f, v.f5, B[4])
     # F6, F7 stand in for the higher poles that a cascade would otherwise lack (-60 dB/oct above F5).
     Lv = Lv + _logres(f, v.f5 + 1100.0 * v.tract, B[5]) + _logres(f, v.f5 + 2300.0 * v.tract, B[6])
     Lv = Lv + _logres(f, 1.15 * v.fossa, 250.0) - _logres(f, v.fossa, 250.0)
     Lv = Lv + nas * (_logres(f, 270.0, 100.0) - _logres(f, p[:, 11:12], 150.0))
-    Lv = Lv + v.tilt / 8.686 * np.log2(np.maximum(f, 100.0) / 1000.0)
-    fc, fb = p[:, 8:9], p[:, 9:10]
-    Lf = 2.0 * np.log(fb * f / np.sqrt((fc * fc - f * f) ** 2 + (fb * f) ** 2) + 1e-4)
+    return Lv + v.tilt / 8.686 * np.log2(np.maximum(f, 100.0) / 1000.0)
 
-    # Channel: smooth random EQ over log frequency, random high-pass and optional low-pass.
+
+def _frication(p: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Frication-path log magnitude per frame: a band-pass at each segment's centre and bandwidth."""
+    fc, fb = p[:, 8:9], p[:, 9:10]
+    return 2.0 * np.log(fb * f / np.sqrt((fc * fc - f * f) ** 2 + (fb * f) ** 2) + 1e-4)
+
+
+def _channel(rng: np.random.Generator, f: np.ndarray, sr: int) -> np.ndarray:
+    """The recording's log magnitude: smooth random EQ over log frequency, random high-pass, optional low-pass."""
     u = np.log2(np.maximum(f, 50.0) / 50.0) / np.log2(sr / 100.0)
     Lc = sum(rng.normal(0, 1.5) / 8.686 * np.cos(j * np.pi * u + rng.uniform(0, 2 * np.pi)) for j in (1, 2, 3))
     Lc = Lc + rng.uniform(-0.75, 0.75) / 8.686 * np.log2(np.maximum(f, 50.0) / 1000.0)
     Lc = Lc - 0.5 * np.log1p((rng.uniform(40, 150) / np.maximum(f, 1.0)) ** 4)
     if rng.random() < 0.25:  # telephone-like or low-rate-codec band limit
         Lc = Lc - 0.5 * np.log1p((f / rng.uniform(3400, 0.47 * sr)) ** 8)
+    return Lc
 
-    Y = _stft(pad(voiced), n_fft, hop, win) * _minphase(Lv + Lc, n_fft)
+
+def _filter(grid: _Grid, voiced: np.ndarray, fric: np.ndarray, Lv: np.ndarray, Lf: np.ndarray,
+            Lc: np.ndarray) -> np.ndarray:
+    """Frames of both paths through their envelopes and the channel (the voiced path minimum phase)."""
+    Y = grid.analyse(voiced) * _minphase(Lv + Lc, grid.n_fft)
     # Noise sources have random phase anyway, so zero-phase filtering is as good and cheaper.
-    Y += _stft(pad(fric), n_fft, hop, win) * np.exp(Lf + Lc)
+    return Y + grid.analyse(fric) * np.exp(Lf + Lc)
+
+
+def _add_background(rng: np.random.Generator, grid: _Grid, Y: np.ndarray, f: np.ndarray, Lc: np.ndarray) -> np.ndarray:
+    """``Y`` plus tilted background noise through the channel, at a random 20-40 dB SNR."""
     Ln = rng.uniform(-6, 0) / 8.686 * np.log2(np.maximum(f, 50.0) / 1000.0) + Lc
-    N = _stft(pad(rng.standard_normal(n)), n_fft, hop, win) * np.exp(Ln)
+    N = grid.analyse(rng.standard_normal(grid.n)) * np.exp(Ln)
     snr = 10 ** (rng.uniform(20, 40) / 10)
     en = np.sum(np.abs(N) ** 2)
-    Y += N * np.sqrt((np.sum(np.abs(Y) ** 2) or en) / (snr * en))  # all-silent clip: noise alone
-    y = _istft(Y, n_fft, hop, win, n + 2 * n_fft + (-n) % hop)[n_fft : n_fft + n]
+    return Y + N * np.sqrt((np.sum(np.abs(Y) ** 2) or en) / (snr * en))  # all-silent clip: noise alone
+
+
+def synthesize(voice: Voice, duration: float, seed: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """One utterance of ``voice``: float32 mono, exactly round(duration*sample_rate) samples, peak <= 1."""
+    n = int(round(duration * sample_rate))
+    if n <= 0:
+        return np.zeros(0, np.float32)
+    rng = np.random.default_rng(seed)  # every stage draws from it in this order: the utterance is a function of seed
+    v = _perturb(voice, rng)
+    dur, ts = n / sample_rate, np.arange(n) / sample_rate
+    seg = _segments(rng, v, dur)
+    ends = np.cumsum(seg[:, 0])
+    tc, amps = _amplitude_tracks(seg, ends, dur, ts)
+    f0 = _f0_track(rng, v, tc, ts, dur)
+    voiced, fric = _sources(rng, v, *_glottal_pulses(rng, v, f0, sample_rate), amps)
+    grid = _grid(n, sample_rate)
+    p = seg[np.minimum(np.searchsorted(ends, grid.times(), side="right"), len(seg) - 1)]  # each frame's segment
+    f = grid.freqs()
+    Lc = _channel(rng, f, sample_rate)
+    Y = _add_background(rng, grid, _filter(grid, voiced, fric, _tract(v, p, f), _frication(p, f), Lc), f, Lc)
+    y = grid.synthesise(Y)
     gain = 10 ** (rng.uniform(-14, -1) / 20)
     return (y * (gain / (np.abs(y).max() + 1e-12))).astype(np.float32)
 
@@ -301,10 +366,8 @@ def _render(task: tuple) -> Entry:
     y = synthesize(make_voice(seed, spk), duration, int(rng.integers(2**63)), sr)
     sid = f"{prefix}{spk:04d}"
     path = Path(out_dir) / sid / f"{sid}_{utt:03d}.flac"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.flac")
-    sf.write(str(tmp), y, sr, subtype="PCM_16", format="FLAC")
-    os.replace(tmp, path)
+    with atomic_path(path, ".flac") as tmp:
+        sf.write(str(tmp), y, sr, subtype="PCM_16", format="FLAC")
     return Entry(path=str(path), speaker=sid, duration=y.size / sr)
 
 

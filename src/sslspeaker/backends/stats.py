@@ -25,5 +25,9 @@ def mean_covariance(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def speaker_sums(x: np.ndarray, index: np.ndarray, n_speakers: int) -> tuple[np.ndarray, np.ndarray]:
     """(n_s, f_s): each speaker's utterance count and f_s = sum_{i in s} x_i (float64)."""
-    rows = sparse.csr_matrix((np.ones(len(x)), (index, np.arange(len(x)))), shape=(n_speakers, len(x)))
-    return np.bincount(index, minlength=n_speakers), np.asarray(rows @ x, dtype=np.float64)
+    members = sparse.csc_matrix((np.ones(len(x)), (index, np.arange(len(x)))), shape=(n_speakers, len(x)))
+    sums = np.zeros((n_speakers, x.shape[1]))
+    for start in range(0, len(x), CHUNK_ROWS):
+        part = slice(start, start + CHUNK_ROWS)
+        sums += members[:, part] @ x[part].astype(np.float64)
+    return np.bincount(index, minlength=n_speakers), sums

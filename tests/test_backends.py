@@ -132,7 +132,7 @@ def test_lda_improves_on_raw_cosine_with_anisotropic_noise(voices):
     train, test = voices
     raw = eer_of(cosine, test)
     lda = eer_of(build_backend("lda", dim=8).fit(*train).score_pairs, test)
-    assert raw > 0.25 and lda < 0.5 * raw, (raw, lda)
+    assert raw > 0.2 and lda < 0.25 * raw, (raw, lda)  # 0.218, 0.044
 
 
 # --- PLDA equations against direct computations -------------------------------------------------------------
@@ -237,8 +237,7 @@ def test_plda_beats_cosine_and_lda(voices):
     raw = eer_of(cosine, test)
     lda = eer_of(build_backend("lda", dim=8).fit(*train).score_pairs, test)
     plda = eer_of(BackendChain.build("plda").fit(*train).score_pairs, test)
-    assert plda < 0.5 * raw and plda <= lda + 0.01, (raw, lda, plda)
-    assert plda < 0.12, plda
+    assert plda < 0.2 * raw and plda < lda and plda < 0.05, (raw, lda, plda)  # 0.218, 0.044, 0.035
 
 
 # --- calibration ----------------------------------------------------------------------------------------------
@@ -278,7 +277,7 @@ def test_calibrated_plda_cllr_is_below_one_and_near_min_cllr(voices):
     chain.calibrate(x[i[half]], x[j[half]], same[half])
     llr = chain.score_pairs(x[i[~half]], x[j[~half]])
     c, m = cllr(llr, same[~half]), min_cllr(llr, same[~half])
-    assert c < 0.5 and m <= c < m + 0.05, (c, m)
+    assert c < 0.2 and m <= c < m + 0.02, (c, m)  # 0.115, 0.105
 
 
 # --- chain state -----------------------------------------------------------------------------------------------

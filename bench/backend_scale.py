@@ -28,7 +28,7 @@ def covariances(rng, dim: int) -> tuple[np.ndarray, np.ndarray]:
         q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
         return (q * np.sqrt(scales)).astype(np.float32)
 
-    between = np.r_[np.geomspace(4.0, 0.5, min(150, dim)), np.full(max(0, dim - 150), 1e-3)]
+    between = np.r_[np.geomspace(0.2, 0.01, min(150, dim)), np.full(max(0, dim - 150), 1e-3)]
     return factor(between), factor(np.geomspace(2.0, 0.05, dim))
 
 

@@ -216,6 +216,15 @@ def test_verification_llr_is_the_ratio_of_stacked_gaussians(n_enroll):
     np.testing.assert_allclose(got, direct, rtol=1e-9, atol=1e-9)
 
 
+def test_verification_llr_with_mixed_enrolment_counts_matches_one_count_at_a_time():
+    rng = np.random.default_rng(9)
+    mean, between, within = small_model(rng)
+    basis = P.diagonalise(between, within)
+    enroll, tests, counts = rng.standard_normal((6, 3)), rng.standard_normal((6, 3)), np.array([1, 3, 2, 3, 1, 5])
+    one_by_one = [P.verification_llr(e[None], n, t[None], mean, basis)[0] for e, t, n in zip(enroll, tests, counts)]
+    np.testing.assert_allclose(P.verification_llr(enroll, counts, tests, mean, basis), one_by_one, rtol=1e-12)
+
+
 def test_em_never_decreases_the_likelihood_and_recovers_the_covariances():
     rng = np.random.default_rng(7)
     between = random_spd(rng, 4, [3.0, 1.5, 0.6, 0.2])
@@ -266,6 +275,15 @@ def test_calibration_recovers_the_true_llr_map(prior):
     cal = LogisticCalibration().fit(3 * s + 5, labels, prior=prior)
     assert cal.slope == pytest.approx(2 / 3, rel=0.05) and cal.offset == pytest.approx(-10 / 3, abs=0.1)
     np.testing.assert_allclose(cal.apply(3 * s[:5] + 5), cal.slope * (3 * s[:5] + 5) + cal.offset)
+
+
+def test_calibration_rejects_bad_trials():
+    with pytest.raises(ValueError, match="one 0/1 label per score; got 2 labels for 3 scores"):
+        LogisticCalibration().fit([0.1, 0.2, 0.3], [0, 1])
+    with pytest.raises(ValueError, match="got 0 targets of 2 trials"):
+        LogisticCalibration().fit([0.1, 0.2], [0, 0])
+    with pytest.raises(ValueError, match="prior must be in \\(0, 1\\), got 1.0"):
+        LogisticCalibration().fit([0.1, 0.2], [0, 1], prior=1.0)
 
 
 def test_calibrated_plda_cllr_is_below_one_and_near_min_cllr(voices):

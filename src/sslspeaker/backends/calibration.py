@@ -40,20 +40,18 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def split_trials(scores, labels) -> tuple[np.ndarray, np.ndarray]:
-    """(target scores, non-target scores) from scores and 0/1 labels; both kinds must occur and scores be finite."""
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    labels = np.asarray(labels).ravel()
-    if scores.shape != labels.shape:
-        raise ValueError(f"scores and labels differ in length: {scores.size} vs {labels.size}")
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("scores must be finite (found NaN or inf)")
-    if labels.dtype != bool and not np.all((labels == 0) | (labels == 1)):
-        raise ValueError("labels must be 0/1 (or bool)")
-    same = labels.astype(bool)
-    if same.all() or not same.any():
-        raise ValueError(f"calibration needs target and non-target trials; got {int(same.sum())} targets "
-                         f"of {same.size} trials")
-    return scores[same], scores[~same]
+    """(target scores, non-target scores) from finite scores and one 0/1 (or bool) label each, both kinds present."""
+    scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel()
+    if scores.shape != labels.shape or not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"calibration needs one 0/1 label per score; got {labels.size} labels "
+                         f"for {scores.size} scores")
+    if not np.isfinite(scores).all():
+        raise ValueError("calibration scores must be finite (found NaN or inf)")
+    target = labels == 1
+    if target.all() or not target.any():
+        raise ValueError(f"calibration needs target and non-target trials; got {int(target.sum())} targets "
+                         f"of {target.size} trials")
+    return scores[target], scores[~target]
 
 
 def check_prior(prior: float) -> float:

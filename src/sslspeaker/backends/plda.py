@@ -104,15 +104,17 @@ def log_likelihood(stats: Stats, mean: np.ndarray, basis: Basis) -> float:
 def verification_llr(enroll_mean: np.ndarray, n_enroll, test: np.ndarray, mean: np.ndarray,
                      basis: Basis) -> np.ndarray:
     """log p(x_t | X_e) - log p(x_t) = Σ_k log N(u_t; nψ/(1+nψ) ū_e, 1 + ψ/(1+nψ)) - log N(u_t; 0, 1 + ψ), u = T(x - μ)."""
-    n = np.broadcast_to(np.asarray(n_enroll, dtype=np.float64), (len(test),))[:, None]
+    counts, which = np.unique(np.broadcast_to(np.asarray(n_enroll, dtype=np.float64), (len(test),)),
+                              return_inverse=True)
+    psi, n = basis.psi, counts[:, None]
+    var_same = 1.0 + psi / (1.0 + n * psi)  # one row per distinct enrolment count
+    shrink = n * psi / (1.0 + n * psi)
+    log_det = (np.log(var_same) - np.log1p(psi)).sum(axis=1)
+    rows = (lambda table: table[0]) if len(counts) == 1 else (lambda table: table[which])
     u_e = (enroll_mean.astype(np.float64) - mean) @ basis.T.T
     u_t = (test.astype(np.float64) - mean) @ basis.T.T
-    psi = basis.psi
-    var_same = 1.0 + psi / (1.0 + n * psi)
-    mean_same = n * psi / (1.0 + n * psi) * u_e
-    same = np.log(var_same) + (u_t - mean_same) ** 2 / var_same
-    different = np.log1p(psi) + u_t**2 / (1.0 + psi)
-    return -0.5 * (same - different).sum(axis=1)
+    quadratic = ((u_t - rows(shrink) * u_e) ** 2 / rows(var_same) - u_t**2 / (1.0 + psi)).sum(axis=1)
+    return -0.5 * (rows(log_det) + quadratic)
 
 
 def initial_parameters(stats: Stats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -135,6 +135,41 @@ def test_lda_improves_on_raw_cosine_with_anisotropic_noise(voices):
     assert raw > 0.2 and lda < 0.25 * raw, (raw, lda)  # 0.218, 0.044
 
 
+# --- statistics -----------------------------------------------------------------------------------------------
+
+
+def test_statistics_match_direct_sums_across_chunks(monkeypatch):
+    from sslspeaker.backends import stats
+    from sslspeaker.backends.base import cosine_scores
+
+    monkeypatch.setattr(stats, "CHUNK_ROWS", 4)  # 11 rows: three chunks, the last one short
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((11, 3)).astype(np.float32)
+    index = np.array([0, 1, 1, 2, 0, 2, 2, 1, 0, 0, 2])
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(stats.scatter(x), sum(np.outer(r, r) for r in x64), rtol=1e-12)
+    mean, cov = stats.mean_covariance(x)
+    np.testing.assert_allclose(cov, np.cov(x64, rowvar=False, bias=True), atol=1e-12)
+    n, f = stats.speaker_sums(x, index, 3)
+    np.testing.assert_array_equal(n, [4, 3, 4])
+    np.testing.assert_allclose(f, [x64[index == s].sum(axis=0) for s in range(3)], rtol=1e-12)
+    a, b = x64[:3], x64[3:6]
+    direct = [np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v) for u, v in zip(a, b)]
+    np.testing.assert_allclose(cosine_scores(a, b), direct, rtol=1e-12)
+
+
+def test_initial_parameters_are_the_sample_moments():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((9, 3))
+    labels = np.array([0, 0, 0, 0, 1, 2, 2, 3, 3])
+    mean, between, within = P.initial_parameters(stats_of(x, labels))
+    speaker_means = np.array([x[labels == s].mean(axis=0) for s in range(4)])
+    np.testing.assert_allclose(mean, x.mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(between, np.cov(speaker_means, rowvar=False, bias=True), atol=1e-12)
+    residual = x - speaker_means[labels]
+    np.testing.assert_allclose(within, residual.T @ residual / len(x), atol=1e-12)
+
+
 # --- PLDA equations against direct computations -------------------------------------------------------------
 
 
@@ -333,9 +368,13 @@ def test_score_sets_uses_the_enrolment_mean_in_plda_space(voices):
     np.testing.assert_allclose(chain.score_sets(groups, x[20:24], calibrated=False), direct, rtol=1e-10)
 
 
-def _broken(voices, edit):
-    chain, _ = fitted_chain(voices, spec=("whiten", "plda"))
-    config, arrays = chain.to_state()
+@pytest.fixture(scope="module")
+def small_state(voices):
+    return fitted_chain(voices, spec=("whiten", "plda"))[0].to_state()
+
+
+def _broken(state, edit):
+    config, arrays = json.loads(json.dumps(state[0])), dict(state[1])
     edit(config, arrays)
     return lambda: BackendChain.from_state(config, arrays)
 
@@ -351,6 +390,7 @@ def _broken(voices, edit):
     (lambda c, a: a.update({"1.plda.within_cov": -np.eye(32)}), "'within_cov'.*not positive definite"),
     (lambda c, a: c["calibration"].update(slope=float("nan")), "calibration 'slope' must be a finite number"),
 ])
-def test_from_state_rejects_bad_state_naming_the_field(voices, edit, message):
+def test_from_state_rejects_bad_state_naming_the_field(small_state, edit, message):
     with pytest.raises(BackendStateError, match=message):
-        _broken(voices, edit)()
+        _broken(small_state, edit)()
+    assert _broken(small_state, lambda c, a: None)().name == "whiten+plda"  # the unedited state loads

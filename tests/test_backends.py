@@ -260,6 +260,18 @@ def test_verification_llr_with_mixed_enrolment_counts_matches_one_count_at_a_tim
     np.testing.assert_allclose(P.verification_llr(enroll, counts, tests, mean, basis), one_by_one, rtol=1e-12)
 
 
+def test_plda_scores_in_chunks_as_in_one_piece(monkeypatch, voices):
+    (x, labels), (x_test, _) = voices
+    plda = build_backend("plda").fit(x, labels)
+    whole = P.verification_llr(x_test[:50], 1, x_test[50:100], plda.mean, plda.basis)
+    monkeypatch.setattr(P, "CHUNK_ROWS", 16)  # 50 rows: chunks of 16, 16, 16, 2
+    np.testing.assert_allclose(plda.score_pairs(x_test[:50], x_test[50:100]), whole, rtol=1e-12)
+    counts = np.arange(50) % 4 + 1
+    np.testing.assert_allclose(plda.score_enrolled(x_test[:50], counts, x_test[50:100]),
+                               P.verification_llr(x_test[:50], counts, x_test[50:100], plda.mean, plda.basis),
+                               rtol=1e-12)
+
+
 def test_em_never_decreases_the_likelihood_and_recovers_the_covariances():
     rng = np.random.default_rng(7)
     between = random_spd(rng, 4, [3.0, 1.5, 0.6, 0.2])

@@ -18,7 +18,7 @@ import scipy.linalg
 
 from .base import Backend, BackendStateError, take_array
 from .registry import register_backend
-from .stats import scatter, speaker_sums
+from .stats import CHUNK_ROWS, scatter, speaker_sums
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -171,15 +171,18 @@ class PLDA(Backend):
         return (x - self.mean.astype(x.dtype)) @ self.basis.T.T.astype(x.dtype)
 
     def score_pairs(self, a, b):
-        a, b = self._pair(a, b)
-        return verification_llr(a, 1, b, self.mean, self.basis)
+        return self.score_enrolled(a, 1, b)
 
     def score_enrolled(self, enroll_mean, n_enroll, test):
         enroll_mean, test = self._pair(enroll_mean, test)
-        n_enroll = np.asarray(n_enroll)
+        n_enroll = np.broadcast_to(np.asarray(n_enroll), (len(test),))
         if np.any(n_enroll < 1):
             raise ValueError("n_enroll must be >= 1 for every enrolment model")
-        return verification_llr(enroll_mean, n_enroll, test, self.mean, self.basis)
+        out = np.empty(len(test))
+        for start in range(0, len(test), CHUNK_ROWS):  # bounded temporaries for millions of trials
+            part = slice(start, start + CHUNK_ROWS)
+            out[part] = verification_llr(enroll_mean[part], n_enroll[part], test[part], self.mean, self.basis)
+        return out
 
     def options(self):
         return {"iterations": self.iterations}

@@ -1,4 +1,4 @@
-"""Two-covariance PLDA fitted by EM (Sizov, Lee & Kinnunen 2014, section 2.2; Prince & Elder 2007).
+"""Two-covariance PLDA fitted by EM (Sizov, Lee & Kinnunen 2014, the two-covariance model; Prince & Elder 2007).
 
 Model: x = μ + y + e, speaker variable y ~ N(0, B⁻¹) shared by a speaker's utterances, residual
 e ~ N(0, W⁻¹) per utterance; Σ_b = B⁻¹ and Σ_w = W⁻¹ are stored. Everything is computed in the

@@ -456,3 +456,23 @@ def test_results_json_is_written_once(model, corpus, tmp_path, monkeypatch):
     assert writes == [out]
     res = json.loads(out.read_text())
     assert res["seconds"] == ret["seconds"] and res["seconds"] > 0 and res["plots"]["det"].endswith("results_det.png")
+
+
+def test_trainer_validation_scores_through_the_same_path(model, corpus):
+    from types import SimpleNamespace
+
+    from sslspeaker.config import ValidationConfig
+    from sslspeaker.evaluation.metrics import compute_eer, compute_min_dcf
+    from sslspeaker.training.trainer import Trainer
+
+    trials, root = corpus
+    trainer = SimpleNamespace(cfg=SimpleNamespace(validation=ValidationConfig(trials=str(trials), audio_root=str(root))),
+                              method=SimpleNamespace(inference_encoder=lambda: model.encoder),
+                              features=model.features, device="cpu")
+    got = Trainer.validate(trainer)
+    scores = [float(model.embed(a) @ model.embed(b)) for a, b in pairs(root)]
+    eer, thr = compute_eer(scores, [1, 0, 0])
+    dcf, _ = compute_min_dcf(scores, [1, 0, 0], 0.01)
+    assert got == {"eer": pytest.approx(round(100 * eer, 3)), "eer_threshold": pytest.approx(thr, abs=1e-5),
+                   "min_dcf_0.01": pytest.approx(round(dcf, 4))}
+    assert run_eval(model, corpus)[0]["eer_threshold"] == pytest.approx(got["eer_threshold"], abs=1e-5)

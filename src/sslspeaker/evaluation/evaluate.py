@@ -98,9 +98,9 @@ def _read_list(path: str | os.PathLike, reader, what: str, empty: str) -> tuple[
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such {what}")
     items = reader(path)
-    if not items:
-        raise ValueError(f"{path}: {empty}")
-    return path, items
+    if items:
+        return path, items
+    raise ValueError(f"{path}: {empty}")
 
 
 def _check_files(paths: list[str], what: str) -> None:

@@ -133,3 +133,12 @@ def test_pooling_modules():
     assert torch.isfinite(asp(const)).all()
     with pytest.raises(ValueError):
         build_pooling("mean", 8)
+
+
+def test_registry_lookup():
+    from sslspeaker.models import FastResNet34, TDNN
+    from sslspeaker.models.registry import get_encoder
+
+    assert get_encoder("fast_resnet34") is FastResNet34 and get_encoder("tdnn") is TDNN
+    with pytest.raises(ValueError, match="unknown encoder 'nope'; known encoders: .*fast_resnet34"):
+        get_encoder("nope")

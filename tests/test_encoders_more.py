@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslspeaker.inference.model import _resolved_options
+from sslspeaker.inference.model_file import pinned_options
 from sslspeaker.models import build_encoder, build_head, build_pooling, list_encoders, list_heads
 from sslspeaker.models.pooling import ContextAttentiveStatisticsPooling, TemporalStatisticsPooling
 
@@ -77,7 +77,7 @@ def test_resnet34_pooling_options():
 @pytest.mark.parametrize("name", list(SMALL))
 def test_options_survive_model_metadata(name):
     """The model file stores every constructor argument as JSON; rebuilding from it gives the same net."""
-    opts = _resolved_options(name, SMALL[name])
+    opts = pinned_options(name, SMALL[name])
     n_mels = SMALL[name].get("n_mels", 80)
     opts.pop("n_mels", None)
     assert n_params(build_encoder(name, n_mels=n_mels, **opts)) == n_params(small(name))

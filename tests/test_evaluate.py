@@ -17,7 +17,8 @@ from conftest import write_audio
 from sslspeaker.cli import main
 from sslspeaker.data.crops import tile_to
 from sslspeaker.evaluation.protocols import EvenCrops, FullUtterance, get_protocol, score_embeddings
-from sslspeaker.inference import SpeakerEncoder, export_model
+from sslspeaker.inference import SpeakerEncoder
+from sslspeaker.training.export import export_model
 from test_inference import make_run
 
 # the module (the package may also export the function under the same name)
@@ -398,3 +399,80 @@ def test_cli_evaluate(model_path, corpus, tmp_path, capsys):
     rc = main(["evaluate", "--model", str(model_path), "--trials", str(trials), "--audio-root", str(root),
                "--score-norm", "asnorm", "--out", str(out)])
     assert rc == 2 and "--cohort" in capsys.readouterr().err
+
+
+# ---- the score stage: back-ends and options ----------------------------------------------------
+def test_cosine_backend_is_the_row_wise_dot_product():
+    from sslspeaker.evaluation.scoring import CosineBackend, score_trials
+    from sslspeaker.data.manifest import Trial
+
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((5, 7)), rng.standard_normal((5, 7))
+    got = CosineBackend().score_pairs(a, b)
+    assert got.shape == (5,)
+    np.testing.assert_allclose(got, [sum(a[i, j] * b[i, j] for j in range(7)) for i in range(5)], rtol=1e-12)
+    vectors = {"/r/x.wav": a[0], "/r/y.wav": b[0], "/r/z.wav": b[1]}
+    trials = [Trial(1, "x.wav", "y.wav"), Trial(0, "x.wav", "z.wav")]
+    np.testing.assert_allclose(score_trials(trials, vectors, "/r"), [a[0] @ b[0], a[0] @ b[1]], rtol=1e-12)
+
+
+class NegatedDistance:
+    """A stand-in back-end: minus the Euclidean distance of the two vectors."""
+
+    name = "negdist"
+
+    def score_pairs(self, a, b):
+        return -np.linalg.norm(np.asarray(a) - np.asarray(b), axis=1)
+
+
+def test_evaluate_scores_with_the_given_backend(model, corpus):
+    res, scores = run_eval(model, corpus, backend=NegatedDistance())
+    e = {p: model.embed(p).astype(np.float64) for p in {p for pair in pairs(corpus[1]) for p in pair}}
+    want = [-float(np.sqrt(sum((e[a][j] - e[b][j]) ** 2 for j in range(len(e[a]))))) for a, b in pairs(corpus[1])]
+    np.testing.assert_allclose(scores, want, rtol=1e-6)
+    assert res["backend"] == "negdist"
+    assert run_eval(model, corpus)[0]["backend"] == "cosine"
+    with pytest.raises(ValueError, match="asnorm.*'negdist'"):
+        ev.evaluate(model, *corpus, backend=NegatedDistance(), score_norm="asnorm", cohort="c.csv", cache=False)
+
+
+def test_options_object_and_keywords_agree(model, corpus):
+    by_keywords, s1 = run_eval(model, corpus, "clova10crop", embedding_norm="mean")
+    opts = ev.EvalOptions(protocol="clova10crop", embedding_norm="mean", cache=False)
+    trials, root = corpus
+    by_object = ev.evaluate(model, trials, root, options=opts, progress=False)
+    assert by_object["eer"] == by_keywords["eer"] and by_object["scores"] == by_keywords["scores"]
+    assert by_object["protocol"] == by_keywords["protocol"] and by_object["embedding_norm"]["name"] == "mean"
+    with pytest.raises(TypeError, match="unknown option.*topk.*known: protocol"):
+        ev.evaluate(model, trials, root, topk=3)
+
+
+def test_results_json_is_written_once(model, corpus, tmp_path, monkeypatch):
+    writes = []
+    real = ev.atomic_write_text
+    monkeypatch.setattr(ev, "atomic_write_text", lambda path, text: writes.append(path) or real(path, text))
+    out = tmp_path / "once" / "results.json"
+    ret = ev.evaluate(model, *corpus, out=out, cache=False, progress=False)
+    assert writes == [out]
+    res = json.loads(out.read_text())
+    assert res["seconds"] == ret["seconds"] and res["seconds"] > 0 and res["plots"]["det"].endswith("results_det.png")
+
+
+def test_trainer_validation_scores_through_the_same_path(model, corpus):
+    from types import SimpleNamespace
+
+    from sslspeaker.config import ValidationConfig
+    from sslspeaker.evaluation.metrics import compute_eer, compute_min_dcf
+    from sslspeaker.training.trainer import Trainer
+
+    trials, root = corpus
+    trainer = SimpleNamespace(cfg=SimpleNamespace(validation=ValidationConfig(trials=str(trials), audio_root=str(root))),
+                              method=SimpleNamespace(inference_encoder=lambda: model.encoder),
+                              features=model.features, device="cpu")
+    got = Trainer.validate(trainer)
+    scores = [float(model.embed(a) @ model.embed(b)) for a, b in pairs(root)]
+    eer, thr = compute_eer(scores, [1, 0, 0])
+    dcf, _ = compute_min_dcf(scores, [1, 0, 0], 0.01)
+    assert got == {"eer": pytest.approx(round(100 * eer, 3)), "eer_threshold": pytest.approx(thr, abs=1e-5),
+                   "min_dcf_0.01": pytest.approx(round(dcf, 4))}
+    assert run_eval(model, corpus)[0]["eer_threshold"] == pytest.approx(got["eer_threshold"], abs=1e-5)

@@ -136,3 +136,29 @@ def test_cuda_matches_cpu():
     x = torch.randn(2, SR)
     m = LogMel(norm="instance")
     torch.testing.assert_close(m.cuda()(x.cuda()).cpu(), m.cpu()(x), atol=1e-3, rtol=1e-3)
+
+
+def test_describe_round_trip_gives_the_same_features():
+    mel = LogMel(n_mels=24, n_fft=400, win_length=320, hop_length=80, f_min=50.0, f_max=7000.0,
+                 pre_emphasis=None, norm="global")
+    d = mel.describe()
+    assert d == {"type": "logmel", "sample_rate": 16000, "n_mels": 24, "norm": "global", "preemphasis": 0.0,
+                 "n_fft": 400, "win_length": 320, "hop_length": 80, "f_min": 50.0, "f_max": 7000.0}
+    again = LogMel.from_description(d)
+    assert again.describe() == d
+    torch.testing.assert_close(again.fb, mel_filterbank(24, 400, SR, 50.0, 7000.0), rtol=0, atol=0)
+    x = tone(440.0, 0.5)
+    torch.testing.assert_close(again(x), mel(x), rtol=0, atol=0)
+
+
+def test_from_description_defaults_and_strictness():
+    # a FeatureConfig as a dict is a description: the rest takes the model files' defaults
+    mel = LogMel.from_description({"n_mels": 40, "norm": "instance", "preemphasis": 0.97})
+    assert mel.describe() == {"type": "logmel", "sample_rate": 16000, "n_mels": 40, "norm": "instance",
+                              "preemphasis": 0.97, "n_fft": 512, "win_length": 400, "hop_length": 160,
+                              "f_min": 20.0, "f_max": 7600.0}
+    assert LogMel.from_description({}).norm == "instance" and LogMel().norm == "mean"
+    with pytest.raises(ValueError, match="unknown feature setting.*n_mfcc.*known: type"):
+        LogMel.from_description({"n_mfcc": 13})
+    with pytest.raises(ValueError, match="unknown feature type 'mfcc'"):
+        LogMel.from_description({"type": "mfcc"})

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from conftest import write_audio
-from sslspeaker.cli import main
+from sslspeaker.cli import main, run_command
 from sslspeaker.config import Config, config_from_dict, to_dict
-from sslspeaker.inference import (NO_DEFAULT_MODEL, ModelError, NoDefaultModelError, SpeakerEncoder,
-                                  export_model, read_model_file)
+from sslspeaker.inference import NO_DEFAULT_MODEL, ModelError, NoDefaultModelError, SpeakerEncoder, read_model_file
 from sslspeaker.models import build_encoder
 from sslspeaker.training.build import build_features, build_model
 from sslspeaker.training.checkpoint import load_checkpoint, save_checkpoint
+from sslspeaker.training.export import export_model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -143,7 +143,7 @@ def test_bad_model_files_give_clear_errors(tmp_path):
 
 
 def test_missing_default_model_is_explained(tmp_path, monkeypatch):
-    import sslspeaker.inference.model as im
+    import sslspeaker.inference.model_file as im
 
     monkeypatch.setattr(im, "default_model_path", lambda: tmp_path / "default.safetensors")
     with pytest.raises(NoDefaultModelError, match="no default model is bundled"):
@@ -158,6 +158,58 @@ def test_default_model_path_is_inside_the_package():
     p = default_model_path()
     assert p.name == "default.safetensors" and p.parent.name == "pretrained"
     assert p.parent.parent == Path(sslspeaker.__file__).resolve().parent
+
+
+def test_run_folder_features_follow_the_trainer_and_no_lower_layer_imports_training():
+    import ast
+
+    import sslspeaker
+    from sslspeaker.inference.checkpoint_source import features_of
+    from sslspeaker.runs import RUN_CHECKPOINT
+
+    for cfg in (Config(), config_from_dict({"features": {"n_mels": 64, "norm": "global", "preemphasis": 0.0}})):
+        assert features_of(cfg).describe() == build_features(cfg).describe()
+    assert RUN_CHECKPOINT == Path("checkpoints") / "last.pt"
+    root = Path(sslspeaker.__file__).parent
+    offenders = []
+    for folder in ("inference", "evaluation", "methods", "models", "data", "features", "augment"):
+        for f in sorted((root / folder).glob("*.py")):
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""] + [a.name for a in node.names]
+                    if (node.level and (node.module or "").split(".")[0] == "training") or \
+                            (node.module or "").startswith("sslspeaker.training") or \
+                            (node.level == 2 and not node.module and "training" in names):
+                        offenders.append(f"{f.relative_to(root)}:{node.lineno}")
+                elif isinstance(node, ast.Import) and any(a.name.startswith("sslspeaker.training") for a in node.names):
+                    offenders.append(f"{f.relative_to(root)}:{node.lineno}")
+    assert offenders == []
+
+
+OLD = Path(__file__).parent / "data" / "old_format"  # written by tests/data/make_old_format.py at 376c79f
+
+
+def test_files_written_before_the_inference_split_load_the_same(tmp_path):
+    from sslspeaker.inference import default_model_path
+
+    old = np.load(OLD / "embeddings.npz")
+    for name, src in (("run", OLD / "run"), ("pt", OLD / "run" / "checkpoints" / "last.pt"),
+                      ("model", OLD / "model.safetensors"), ("default", default_model_path())):
+        got = SpeakerEncoder.load(src).embed_batch(list(old["waves"]))
+        np.testing.assert_allclose(got, old["run" if name == "pt" else name], atol=1e-6, err_msg=name)
+    m = SpeakerEncoder.load(OLD / "model.safetensors")
+    assert m.threshold == pytest.approx(0.25) and m.threshold_source == "made by 376c79f" and m.embed_dim == 16
+    assert m.features.describe() == {"type": "logmel", "sample_rate": 16000, "n_mels": 24, "norm": "mean",
+                                     "preemphasis": pytest.approx(0.9), "n_fft": 512, "win_length": 400,
+                                     "hop_length": 160, "f_min": 20.0, "f_max": 7600.0}
+    # today's export of the old run folder writes the old model file's weights and metadata
+    new = export_model(OLD / "run", tmp_path / "m.safetensors", threshold=0.25, threshold_source="made by 376c79f")
+    (t_old, m_old), (t_new, m_new) = read_model_file(OLD / "model.safetensors"), read_model_file(new)
+    assert set(t_old) == set(t_new) and all(torch.equal(t_old[k], t_new[k]) for k in t_old)
+    for meta in (m_old, m_new):
+        for key in ("exported", "sslspeaker", "checkpoint"):
+            meta["provenance"].pop(key)
+    assert m_new == m_old
 
 
 # ---- API -------------------------------------------------------------------------------------
@@ -273,7 +325,7 @@ def test_cli_verify_prints_a_decision(model_path, tmp_path, capsys):
 
 
 def test_cli_without_model_and_without_bundled_default(tmp_path, monkeypatch, capsys):
-    import sslspeaker.inference.model as im
+    import sslspeaker.inference.model_file as im
 
     monkeypatch.setattr(im, "default_model_path", lambda: tmp_path / "default.safetensors")
     a = tmp_path / "a.wav"
@@ -322,7 +374,7 @@ def test_cli_export(run_dir, tmp_path, capsys):
     assert m2.threshold == pytest.approx(res["eer_threshold"])
     assert m2.threshold_source.startswith("dev EER threshold on") and str(trials.name) in m2.threshold_source
     args = parser.parse_args(["export", str(run_dir), "--out", str(out2), "--threshold", "1", "--trials", str(trials)])
-    assert args.func(args) == 2
+    assert run_command(args) == 2
 
 
 def test_model_file_pins_encoder_defaults(model_path, wave, monkeypatch):

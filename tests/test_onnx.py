@@ -13,7 +13,8 @@ onnx = pytest.importorskip("onnx")
 
 from sslspeaker.data.synth import make_voice, synthesize  # noqa: E402
 from sslspeaker.features.mel import LogMel  # noqa: E402
-from sslspeaker.inference.model import FORMAT, SpeakerEncoder, _resolved_options, save_model  # noqa: E402
+from sslspeaker.inference.model import SpeakerEncoder  # noqa: E402
+from sslspeaker.inference.model_file import FORMAT, pinned_options, save_model  # noqa: E402
 from sslspeaker.inference.onnx_export import DFTLogMel, export_onnx  # noqa: E402
 from sslspeaker.models import build_encoder  # noqa: E402
 
@@ -45,7 +46,7 @@ def session(path):
 
 def write_model(path, name, enc, n_mels):
     meta = {"format": FORMAT, "format_version": 1,
-            "encoder": {"name": name, "options": _resolved_options(name, {})},
+            "encoder": {"name": name, "options": pinned_options(name, {})},
             "features": {"type": "logmel", "sample_rate": 16000, "n_mels": n_mels, "norm": "instance",
                          "preemphasis": 0.97, "n_fft": 512, "win_length": 400, "hop_length": 160,
                          "f_min": 20.0, "f_max": 7600.0},

@@ -27,13 +27,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..data.audio import AudioError
-    from ..inference.model import ModelError, SpeakerEncoder
+    from ..inference.model import SpeakerEncoder
 
-    try:
-        model = SpeakerEncoder.load(args.model, args.device)
-    except (FileNotFoundError, ModelError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model = SpeakerEncoder.load(args.model, args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     done: list[tuple[str, "np.ndarray"]] = []

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.audio import AudioError
     from ..evaluation.evaluate import evaluate
-    from ..inference.model import ModelError, SpeakerEncoder
+    from ..inference.model import SpeakerEncoder
 
     if args.score_norm == "asnorm" and not args.cohort:
-        print("error: --score-norm asnorm needs --cohort MANIFEST (utterances of other speakers)", file=sys.stderr)
-        return 2
-    try:
-        model = SpeakerEncoder.load(args.model, args.device)
-        res = evaluate(model, args.trials, args.audio_root, protocol=args.protocol, out=args.out,
-                       cache=False if args.no_cache else args.cache, score_norm=args.score_norm,
-                       cohort=args.cohort, top_k=args.top_k, progress=not args.quiet,
-                       embedding_norm=args.embedding_norm, norm_data=args.norm_data)
-    except (FileNotFoundError, ModelError, AudioError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ValueError("--score-norm asnorm needs --cohort MANIFEST (utterances of other speakers)")
+    model = SpeakerEncoder.load(args.model, args.device)
+    res = evaluate(model, args.trials, args.audio_root, protocol=args.protocol, out=args.out,
+                   cache=False if args.no_cache else args.cache, score_norm=args.score_norm,
+                   cohort=args.cohort, top_k=args.top_k, progress=not args.quiet,
+                   embedding_norm=args.embedding_norm, norm_data=args.norm_data)
     proto = res["protocol"]
     norm = f" + AS-norm (top {res['score_norm']['effective_top_k']} of {res['score_norm']['cohort_size']})" \
         if res["score_norm"] else ""

@@ -3,45 +3,52 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    if args.threshold is not None and args.trials:
+        raise ValueError("give either --threshold or --trials (which computes the threshold), not both")
+    if args.audio_root and not args.trials:
+        raise ValueError("--audio-root goes with --trials")
+
+
+def _dev_threshold(args: argparse.Namespace) -> tuple[float, str]:
+    """The dev EER threshold of full-utterance cosine scoring on ``--trials``, and where it came from."""
+    from ..evaluation.evaluate import evaluate
+    from ..inference.model import SpeakerEncoder
+
+    model = SpeakerEncoder.load(args.source, args.device)
+    res = evaluate(model, args.trials, args.audio_root, protocol="full",
+                   cache=False if args.no_cache else args.cache, progress=not args.quiet)
+    threshold = res["eer_threshold"]
+    print(f"dev EER {res['eer']:.3f}% at threshold {threshold:.4f} on {res['n_trials']} trials")
+    return threshold, (f"dev EER threshold on {res['trials']['path']} (sha256 {res['trials']['sha256'][:12]}, "
+                       f"{res['n_trials']} trials, full-utterance cosine, EER {res['eer']:.3f}%)")
+
+
+def _write_onnx(args: argparse.Namespace, path) -> None:
+    from ..errors import MissingExtraError
+
+    try:
+        from ..inference.onnx_export import export_onnx
+
+        onnx_path = export_onnx(path, args.onnx, include_features=not args.onnx_features_in)
+    except ImportError as exc:
+        raise MissingExtraError(f"--onnx needs the export extra: pip install 'sslspeaker[export]' ({exc})") from None
+    print(f"onnx -> {onnx_path} (input: {'log-mel features' if args.onnx_features_in else 'waveform'} [B, T])")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.audio import AudioError
-    from ..inference.model import ModelError, SpeakerEncoder, export_model
+    from ..training.export import export_model
 
-    if args.threshold is not None and args.trials:
-        print("error: give either --threshold or --trials (which computes the threshold), not both", file=sys.stderr)
-        return 2
-    if args.audio_root and not args.trials:
-        print("error: --audio-root goes with --trials", file=sys.stderr)
-        return 2
+    _check_arguments(args)
     threshold, source = args.threshold, ("given at export (--threshold)" if args.threshold is not None else None)
-    try:
-        if args.trials:
-            from ..evaluation.evaluate import evaluate
-
-            model = SpeakerEncoder.load(args.source, args.device)
-            res = evaluate(model, args.trials, args.audio_root, protocol="full",
-                           cache=False if args.no_cache else args.cache, progress=not args.quiet)
-            threshold = res["eer_threshold"]
-            source = (f"dev EER threshold on {res['trials']['path']} (sha256 {res['trials']['sha256'][:12]}, "
-                      f"{res['n_trials']} trials, full-utterance cosine, EER {res['eer']:.3f}%)")
-            print(f"dev EER {res['eer']:.3f}% at threshold {threshold:.4f} on {res['n_trials']} trials")
-        path = export_model(args.source, args.out, threshold=threshold, threshold_source=source)
-    except (FileNotFoundError, ModelError, AudioError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.trials:
+        threshold, source = _dev_threshold(args)
+    path = export_model(args.source, args.out, threshold=threshold, threshold_source=source)
     print(f"model -> {path}" + (f" (threshold {threshold:.4f})" if threshold is not None else " (no threshold)"))
     if args.onnx:
-        try:
-            from ..inference.onnx_export import export_onnx
-
-            onnx_path = export_onnx(path, args.onnx, include_features=not args.onnx_features_in)
-        except ImportError as exc:
-            print(f"error: --onnx needs the export extra: pip install 'sslspeaker[export]' ({exc})", file=sys.stderr)
-            return 2
-        print(f"onnx -> {onnx_path} (input: {'log-mel features' if args.onnx_features_in else 'waveform'} [B, T])")
+        _write_onnx(args, path)
     return 0
 
 

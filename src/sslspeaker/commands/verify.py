@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.audio import AudioError
-    from ..inference.model import ModelError, SpeakerEncoder
+    from ..inference.model import SpeakerEncoder
 
-    try:
-        model = SpeakerEncoder.load(args.model, args.device)
-        threshold = args.threshold if args.threshold is not None else model.threshold
-        if threshold is None:
-            print(f"error: {model.source} stores no decision threshold; pass --threshold T "
-                  "(or export the model with --trials FILE --audio-root DIR to store its dev EER threshold)",
-                  file=sys.stderr)
-            return 2
-        score, same = model.verify(args.a, args.b, threshold)
-    except (FileNotFoundError, ModelError, AudioError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model = SpeakerEncoder.load(args.model, args.device)
+    threshold = args.threshold if args.threshold is not None else model.threshold
+    if threshold is None:
+        raise ValueError(f"{model.source} stores no decision threshold; pass --threshold T "
+                         "(or export the model with --trials FILE --audio-root DIR to store its dev EER threshold)")
+    score, same = model.verify(args.a, args.b, threshold)
     decision = "same speaker" if same else "different speakers"
     source = "--threshold" if args.threshold is not None else (model.threshold_source or "model threshold")
     if args.json:

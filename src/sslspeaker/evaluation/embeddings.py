@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data.audio import SAMPLE_RATE, read_audio
-from ..data.manifest import Trial, resolve
 
 
 @torch.inference_mode()
@@ -33,10 +32,3 @@ def embed_files(encoder, features, paths: Iterable[str], device="cpu", max_secon
         out[p] = embed_waveform(encoder, features, read_audio(p, 0, frames), device).cpu().numpy()
     encoder.train(was_training)
     return out
-
-
-def cosine_trial_scores(trials: list[Trial], embeddings: dict[str, np.ndarray], audio_root) -> np.ndarray:
-    """Cosine similarity of each trial's two (normalised) embeddings."""
-    a = np.stack([embeddings[resolve(t.a, audio_root)] for t in trials])
-    b = np.stack([embeddings[resolve(t.b, audio_root)] for t in trials])
-    return np.einsum("nd,nd->n", a, b)

@@ -17,6 +17,16 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | os.PathLike) -> Path:
+    """Lay out ``fig``, write it to ``path`` (creating its folder) and close it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_score_distributions(scores, labels, threshold: float | None, path: str | os.PathLike,
                              title: str | None = None) -> Path:
     """Histograms (as densities) of target and non-target scores, with a smoothed density curve
@@ -42,12 +52,7 @@ def plot_score_distributions(scores, labels, threshold: float | None, path: str 
     ax.set_ylabel("density")
     ax.set_title(title or "Score distributions")
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 _TICKS = [0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99, 0.999]
@@ -89,12 +94,7 @@ def plot_det(scores, labels, path: str | os.PathLike, eer: float | None = None,
     ax.set_title(title or "DET curve")
     ax.grid(True, color="0.9")
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 __all__ = ["plot_score_distributions", "plot_det"]

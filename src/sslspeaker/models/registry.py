@@ -28,13 +28,17 @@ def register_encoder(name: str) -> Callable[[T], T]:
     return decorator
 
 
-def build_encoder(name: str, **kwargs) -> nn.Module:
-    """Instantiate the encoder registered as ``name`` with ``kwargs``."""
+def get_encoder(name: str) -> Callable[..., nn.Module]:
+    """The class (or factory) registered as ``name``; ``ValueError`` naming the known ones if none is."""
     try:
-        factory = _ENCODERS[name]
+        return _ENCODERS[name]
     except KeyError:
         raise ValueError(f"unknown encoder {name!r}; known encoders: {', '.join(list_encoders()) or '(none)'}") from None
-    return factory(**kwargs)
+
+
+def build_encoder(name: str, **kwargs) -> nn.Module:
+    """Instantiate the encoder registered as ``name`` with ``kwargs``."""
+    return get_encoder(name)(**kwargs)
 
 
 def list_encoders() -> list[str]:

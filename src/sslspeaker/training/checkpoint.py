@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..runs import load_checkpoint  # noqa: F401  (the checkpoint format lives below training)
+
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """Write to a temporary file, fsync, then rename: a crash never leaves a half-written file."""
@@ -20,17 +22,6 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load tensors, containers and numbers only; anything else is refused by torch."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such checkpoint") from None
-    except Exception as exc:
-        raise ValueError(f"{path}: not a loadable sslspeaker checkpoint ({exc.__class__.__name__}: "
-                         f"{str(exc).splitlines()[0][:200]})") from None
 
 
 def rng_state() -> dict:

@@ -23,8 +23,8 @@ from .. import distributed as dist_utils
 from ..config import Config, ConfigError, config_from_dict, save_config, to_dict
 from ..data.dataset import EpochBatchSampler, SegmentDataset, collate
 from ..data.manifest import read_trials, resolve
-from ..evaluation.embeddings import cosine_trial_scores, embed_files
-from ..evaluation.metrics import compute_eer, compute_min_dcf
+from ..evaluation.embeddings import embed_files
+from ..evaluation.scoring import metrics_from_scores, score_trials, trial_labels
 from .build import (build_augmenter, build_features, build_model, build_optimizer, build_scheduler, load_all,
                     worker_augment)
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -384,11 +384,9 @@ class Trainer:
         with torch.compiler.set_stance("force_eager"):  # full utterances: a static graph per length would not pay
             emb = embed_files(self.method.inference_encoder(), self.features, paths, self.device, v.max_seconds,
                               progress=False)
-        scores = cosine_trial_scores(trials, emb, root)
-        labels = np.array([t.label for t in trials])
-        eer, thr = compute_eer(scores, labels)
-        dcf, _ = compute_min_dcf(scores, labels, 0.01)
-        return {"eer": round(100 * eer, 3), "eer_threshold": float(thr), "min_dcf_0.01": round(dcf, 4)}
+        m = metrics_from_scores(score_trials(trials, emb, root), trial_labels(trials))
+        return {"eer": round(m["eer"], 3), "eer_threshold": float(m["eer_threshold"]),
+                "min_dcf_0.01": round(m["min_dcf_0.01"], 4)}
 
 
 def train(cfg: Config, out_dir, resume: bool = False, max_minutes: float | None = None,

@@ -1,0 +1,138 @@
+"""The embedding cache and the embedding of many utterances through a scoring protocol.
+
+Embeddings are computed once per utterance (all of an utterance's segments in one batch,
+audio read ahead by a small thread pool) and cached on disk: one ``.npz`` per (model,
+protocol) in the cache folder (default ``$XDG_CACHE_HOME/sslspeaker`` or
+``~/.cache/sslspeaker``), named by the model's fingerprint (a hash of its weights and
+feature/encoder metadata) and the protocol's name+parameters hash; inside, each utterance is
+keyed by a hash of its absolute path, mtime and size (and, for randomly placed segments, the
+seed key). A changed model or protocol uses another file; a changed audio file another key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from ..fileio import atomic_path
+from .protocols import Protocol
+
+log = logging.getLogger(__name__)
+
+
+# ---- cache -----------------------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sslspeaker"
+
+
+class EmbeddingCache:
+    """Per-utterance embeddings [n, D] of one (model, protocol) pair in one ``.npz`` file."""
+
+    def __init__(self, folder: str | os.PathLike, model_fingerprint: str, protocol: Protocol):
+        self.folder = Path(folder)
+        self.protocol = protocol
+        self.path = self.folder / f"{model_fingerprint[:20]}-{protocol.tag}.npz"
+        self.info = {"model_fingerprint": model_fingerprint, "protocol": protocol.to_dict()}
+        self.entries: dict[str, np.ndarray] = {}
+        self.dirty = 0
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.is_file():
+            return
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                keys, emb = z["keys"], z["embeddings"]
+            self.entries = {str(k): emb[i] for i, k in enumerate(keys)}
+        except Exception as exc:  # a damaged cache is only a cache: start again
+            log.warning("ignoring unreadable embedding cache %s (%s)", self.path, exc)
+            self.entries = {}
+
+    def key(self, path: str, seed_key: str | None) -> str:
+        st = os.stat(path)
+        blob = f"{os.path.abspath(path)}\0{st.st_mtime_ns}\0{st.st_size}"
+        if self.protocol.seeded:
+            blob += f"\0{seed_key if seed_key is not None else path}"
+        return hashlib.sha1(blob.encode("utf-8", "surrogateescape")).hexdigest()
+
+    def get(self, key: str) -> np.ndarray | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, emb: np.ndarray) -> None:
+        self.entries[key] = np.asarray(emb, dtype=np.float32)
+        self.dirty += 1
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        if self.path.is_file():  # keep what another process added meanwhile
+            other = EmbeddingCache.__new__(EmbeddingCache)
+            other.path, other.entries = self.path, {}
+            other._load()
+            self.entries = {**other.entries, **self.entries}
+        keys = np.array(sorted(self.entries), dtype="U40")
+        emb = np.stack([self.entries[k] for k in keys]) if len(keys) else np.zeros((0, 0, 0), np.float32)
+        with atomic_path(self.path, suffix=".npz") as tmp:  # the suffix: np.savez would append one
+            np.savez(tmp, keys=keys, embeddings=emb, info=np.array(json.dumps(self.info)))
+        self.dirty = 0
+
+
+# ---- embedding many utterances ------------------------------------------------------------
+def _read_ahead(fn, items: Iterable, workers: int = 2, depth: int = 8) -> Iterator[tuple[Any, Any]]:
+    """(item, future of fn(item)) in order, with at most ``depth`` reads in flight."""
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        pending = deque((item, ex.submit(fn, item)) for item in islice(it, depth))
+        while pending:
+            item, fut = pending.popleft()
+            for nxt in islice(it, 1):
+                pending.append((nxt, ex.submit(fn, nxt)))
+            yield item, fut
+
+
+def embed_utterances(model, protocol: Protocol, items: list[tuple[str, str]], cache: EmbeddingCache | None = None,
+                     progress: bool = True, desc: str = "embedding") -> tuple[dict[str, np.ndarray], dict]:
+    """``{path: [n, D] embeddings}`` for ``items`` = [(path, seed_key)], using and filling ``cache``."""
+    out: dict[str, np.ndarray] = {}
+    todo: list[tuple[str, str, str | None]] = []
+    for path, seed_key in items:
+        key = cache.key(path, seed_key) if cache is not None else None
+        hit = cache.get(key) if cache is not None else None
+        if hit is not None:
+            out[path] = hit
+        else:
+            todo.append((path, seed_key, key))
+    t0 = time.perf_counter()
+    if todo:
+        bar = tqdm(total=len(todo), desc=desc, unit="utt", disable=not progress, mininterval=1.0, dynamic_ncols=True)
+        try:
+            for (path, seed_key, key), fut in _read_ahead(lambda it: protocol.load(it[0], it[1]), todo):
+                emb = model.embed_waves(fut.result())
+                out[path] = emb
+                if cache is not None:
+                    cache.put(key, emb)
+                    if cache.dirty >= 2000:
+                        cache.save()
+                bar.update(1)
+        finally:
+            bar.close()
+            if cache is not None:
+                cache.save()
+    stats = {"utterances": len(items), "computed": len(todo), "from_cache": len(items) - len(todo),
+             "seconds": round(time.perf_counter() - t0, 2)}
+    return out, stats
+
+
+__all__ = ["default_cache_dir", "EmbeddingCache", "embed_utterances"]

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from sslspeaker.evaluation.evaluate import evaluate
-from sslspeaker.inference.model import default_model_path, export_model
+from sslspeaker.inference import default_model_path
+from sslspeaker.training.export import export_model
 from sslspeaker.paths import data_root
 from sslspeaker.training.checkpoint import load_checkpoint
 

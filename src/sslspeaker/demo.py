@@ -331,7 +331,7 @@ def _plan(tree: dict, corpus: Corpus, s: DemoSettings, seed: int, say: Callable[
 
 def _fresh_trainer(cfg: Config, out: Path):
     """(trainer in a fresh ``out/run``, the untrained model): step 0, the random init, kept as the baseline."""
-    from .inference.model import export_model
+    from .training.export import export_model
     from .training.trainer import Trainer
 
     run_dir = out / RUN
@@ -369,7 +369,7 @@ def _train(trainer, plan: Plan, corpus: Corpus, s: DemoSettings, timings: dict, 
 
 def _export(run_dir: Path, out: Path, r1: dict, trials: TrialList, corpus: Corpus) -> tuple[Path, str]:
     """Stage 5: the trained model with the test trials' own EER threshold (said so); (its path, that statement)."""
-    from .inference.model import export_model
+    from .training.export import export_model
 
     threshold_source = (f"EER threshold computed on the demo's own test trials ({trials.path.resolve()}, "
                         f"{len(trials.trials)} trials over {len(corpus.test_speakers)} held-out speakers): the "

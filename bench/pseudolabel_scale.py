@@ -24,6 +24,9 @@ from sslspeaker.pseudolabel.estimate import estimate_clusters  # noqa: E402
 from sslspeaker.pseudolabel.filter import filter_members  # noqa: E402
 
 
+TITLE = "Pseudo-label clustering at VoxCeleb2 scale (1 M embeddings)"
+
+
 def timed(fn, device: torch.device):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
@@ -64,11 +67,11 @@ def main() -> None:
     body = table(rows, ["stage", "s", "result"])
     body += (f"\n\n{args.n:,} unit-norm {args.dim}-d embeddings around {args.speakers:,} centres on "
              f"{hardware_kind(device)}; `sslspeaker.pseudolabel` stages timed one after another.")
+    name = "pseudolabel_scale_gpu" if device.type == "cuda" else "pseudolabel_scale"
     if args.no_record:
         print(body)
-    else:
-        record("pseudolabel_scale" + ("_gpu" if device.type == "cuda" else ""),
-               "Pseudo-label clustering at VoxCeleb2 scale (1 M embeddings)", body)
+        return
+    record(name, TITLE, body)
 
 
 if __name__ == "__main__":

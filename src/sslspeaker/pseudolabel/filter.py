@@ -67,8 +67,8 @@ def centroid_cosines(x: np.ndarray, labels: np.ndarray, chunk: int = 1 << 16) ->
     from scipy import sparse
 
     k = int(labels.max()) + 1
-    members = sparse.csr_matrix((np.ones(len(x)), (labels, np.arange(len(x)))), shape=(k, len(x)))
-    sums = np.asarray(members @ x.astype(np.float64))
+    members = sparse.csr_matrix((np.ones(len(x), dtype=np.float32), (labels, np.arange(len(x)))), shape=(k, len(x)))
+    sums = np.asarray(members @ x, dtype=np.float64)
     mu = (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
     own = np.empty(len(x), dtype=np.float64)
     other = np.full(len(x), -np.inf, dtype=np.float64)

@@ -67,7 +67,9 @@ def _cluster_count(value: int | str) -> int | str:
 
 @dataclass(frozen=True)
 class PseudoLabelOptions:
-    """Every choice of the stage; the command-line option of each is ``--`` + its name with dashes."""
+    """Every choice of the stage; the command-line option of each is ``--`` + its name with dashes.
+
+    ``clusters="auto"`` estimates the count with k-means whatever ``algorithm`` then clusters."""
 
     clusters: int | str = "auto"
     algorithm: str = "kmeans"
@@ -148,13 +150,16 @@ def embed_pool(model, entries: list[Entry], log_every: int = 1000) -> tuple[np.n
     return emb, durations
 
 
-def embedding_spread(emb: np.ndarray) -> dict:
+def embedding_spread(emb: np.ndarray, chunk: int = 1 << 16) -> dict:
     """Mean pairwise cosine (‖Σ x_i‖² − Σ ‖x_i‖²) / (N (N − 1)) of the rows, and their mean per-dimension std."""
-    x = emb.astype(np.float64)
-    n = len(x)
-    total = x.sum(axis=0)
-    mean_cos = (float(total @ total) - float((x * x).sum())) / (n * (n - 1))
-    return {"mean_cosine": mean_cos, "mean_std": float(x.std(axis=0).mean())}
+    n = len(emb)
+    total, squares = np.zeros(emb.shape[1]), np.zeros(emb.shape[1])
+    for s in range(0, n, chunk):
+        block = emb[s:s + chunk].astype(np.float64)
+        total += block.sum(axis=0)
+        squares += (block * block).sum(axis=0)
+    std = np.sqrt(np.maximum(squares / n - (total / n) ** 2, 0.0))
+    return {"mean_cosine": float((total @ total - squares.sum()) / (n * (n - 1))), "mean_std": float(std.mean())}
 
 
 def _check_spread(emb: np.ndarray, max_mean_cosine: float, source: str) -> dict:

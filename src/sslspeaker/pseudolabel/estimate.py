@@ -16,6 +16,10 @@ utterances in it cannot form a cluster, so the estimate counts the speakers with
 utterances in the subsample. For pools of many speakers with few utterances each relative to
 the pool (VoxCeleb2: 5,994 speakers in 1 M utterances) raise ``max_points`` well above
 2 × speakers, or give the count.
+
+Known weakness: where speakers overlap, the mean silhouette can peak at a coarse split of the
+pool (k = 2: two broad voice groups) rather than at the speakers; the report lists every
+candidate's score so such a peak is visible, and a given count avoids it.
 """
 
 from __future__ import annotations

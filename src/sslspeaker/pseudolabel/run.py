@@ -125,6 +125,7 @@ def _prepare_out(out: str | os.PathLike, force: bool) -> Path:
         raise PseudoLabelError(f"--out {out}: already holds a pseudo-label result ({', '.join(there)}); "
                                "pass --force to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
+    (out / OUTPUTS["report"]).unlink(missing_ok=True)  # a report describes only the files of a finished run
     return out
 
 

@@ -4,7 +4,7 @@ Times ``sslspeaker.pseudolabel`` on N unit-norm D-d embeddings drawn around ``--
 centres (``bench/clustering.py``'s generator), on the default device (CUDA when present): the
 k-means of each available backend (torch, and faiss when installed) with ``--iters`` Lloyd
 iterations at k = ``--k``, the member filter on its result, and the ``--clusters auto``
-silhouette sweep on its ``--estimate-points`` subsample. Embedding the pool is not timed (it is
+eigengap estimate (NME-SC) on its ``--estimate-points`` subsample. Embedding the pool is not timed (it is
 the model's cost, not the stage's).
 """
 
@@ -45,8 +45,8 @@ def stage_rows(x, args, device: torch.device) -> list[dict]:
         rows.append({"stage": f"k-means ({backend}, k={args.k}, {args.iters} iterations)", "s": round(t_kmeans, 1),
                      "result": f"{len(set(labels.tolist()))} clusters"})
         rows.append({"stage": "member filter", "s": round(t_filter, 1), "result": f"{int(kept.keep.sum())} kept"})
-    est, t_est = timed(lambda: estimate_clusters(x, max_points=args.estimate_points, device=str(device)), device)
-    rows.append({"stage": f"count estimate (silhouette sweep, {est.points} points)", "s": round(t_est, 1),
+    est, t_est = timed(lambda: estimate_clusters(x, max_points=args.estimate_points), device)
+    rows.append({"stage": f"count estimate (NME-SC eigengap, {est.points} points)", "s": round(t_est, 1),
                  "result": f"k = {est.k}"})
     return rows
 

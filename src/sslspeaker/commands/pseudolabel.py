@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = pseudolabel(args.model, args.data, args.out, _options(args))
     c, kept, dropped = report["clustering"], report["kept"], report["dropped"]
-    how = "estimated (silhouette sweep)" if c["k_found_by"]["source"] == "auto" else "given"
+    how = "estimated (eigengap, NME-SC)" if c["k_found_by"]["source"] == "auto" else "given"
     print(f"{report['data']['utterances']} utterances -> {c['clusters']} clusters ({c['algorithm']}/{c['backend']}, "
           f"k = {c['k']} {how}; largest {c['largest']}, median {c['median']:g}, {c['singletons']} singletons)")
     reasons = ", ".join(f"{n} {r}" for r, n in dropped["by_reason"].items() if n) or "none"
@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data", required=True, help="the pool: a manifest CSV (its speaker column, if any, is read "
                                                  "for the report's diagnostics only)")
     p.add_argument("--clusters", default="auto", help="number of clusters, or 'auto' to estimate it by the "
-                                                      "silhouette sweep (default auto)")
+                                                      "normalised maximum eigengap, NME-SC (default auto)")
     p.add_argument("--algorithm", default="kmeans", choices=["kmeans", "ahc"],
                    help="kmeans (any size) or ahc: agglomerative, for pools up to 20,000 utterances")
     p.add_argument("--out", required=True, help="output folder: manifest.csv, report.json, embeddings.npy")
@@ -63,7 +63,7 @@ def add_parser(sub) -> None:
     p.add_argument("--min-margin", type=float, default=None,
                    help="also drop members closer than this (cosine) to a second centroid (default off)")
     p.add_argument("--estimate-points", type=int, default=3000,
-                   help="auto: subsample size of the silhouette sweep (default 3000)")
+                   help="auto: subsample size of the estimate (default 3000)")
     p.add_argument("--max-clusters", type=int, default=None, help="auto: the largest count tried "
                                                                   "(default half the subsample)")
     p.add_argument("--max-cluster-share", type=float, default=0.5,

@@ -67,9 +67,7 @@ def _cluster_count(value: int | str) -> int | str:
 
 @dataclass(frozen=True)
 class PseudoLabelOptions:
-    """Every choice of the stage; the command-line option of each is ``--`` + its name with dashes.
-
-    ``clusters="auto"`` estimates the count with k-means whatever ``algorithm`` then clusters."""
+    """Every choice of the stage; the command-line option of each is ``--`` + its name with dashes."""
 
     clusters: int | str = "auto"
     algorithm: str = "kmeans"
@@ -174,10 +172,10 @@ def _check_spread(emb: np.ndarray, max_mean_cosine: float, source: str) -> dict:
     return spread
 
 
-def _cluster_count_for(emb: np.ndarray, options: PseudoLabelOptions, device: str, data) -> tuple[int, dict]:
+def _cluster_count_for(emb: np.ndarray, options: PseudoLabelOptions, data) -> tuple[int, dict]:
     if options.clusters == "auto":
         est = estimate_clusters(emb, k_max=options.max_clusters, max_points=options.estimate_points,
-                                seed=options.seed, backend=options.kmeans_backend, device=device)
+                                seed=options.seed)
         return est.k, {"source": "auto", **est.as_dict()}
     if options.clusters > len(emb):
         raise PseudoLabelError(f"--data {data}: the pool has {len(emb)} utterances, fewer than --clusters "
@@ -285,7 +283,7 @@ def pseudolabel(model, data: str | os.PathLike, out: str | os.PathLike,
             emb, durations = embed_pool(encoder, entries)
         spread = _check_spread(emb, options.max_mean_cosine, encoder.source or "the model")
         with timing("count"):
-            k, count = _cluster_count_for(emb, options, device, data)
+            k, count = _cluster_count_for(emb, options, data)
         with timing("cluster"):
             clustering = cluster(emb, k, algorithm=options.algorithm, linkage=options.linkage,
                                  backend=options.kmeans_backend, seed=options.seed, device=device)

@@ -4,8 +4,8 @@ Times ``sslspeaker.pseudolabel`` on N unit-norm D-d embeddings drawn around ``--
 centres (``bench/clustering.py``'s generator), on the default device (CUDA when present): the
 k-means of each available backend (torch, and faiss when installed) with ``--iters`` Lloyd
 iterations at k = ``--k``, the member filter on its result, and the ``--clusters auto``
-eigengap estimate (NME-SC) on its ``--estimate-points`` subsample. Embedding the pool is not timed (it is
-the model's cost, not the stage's).
+eigengap estimate (NME-SC) on its ``--estimate-points`` subsample. Embedding the pool is not
+timed (it is the model's cost, not the stage's).
 """
 
 import argparse

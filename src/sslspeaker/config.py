@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .fileio import atomic_write_text
 from .paths import ENV_VAR, data_root
 
 
@@ -184,15 +185,16 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def build_dataclass(cls, values: dict, where: str = ""):
+def build_dataclass(cls, values: dict, where: str = "", noun: str = "key"):
     """A ``cls`` dataclass from a plain tree, strictly: unknown keys and wrong types raise ``ConfigError``
-    naming the option (``where`` is the dotted prefix the names are reported under)."""
+    naming the option (``where`` is the dotted prefix the names are reported under, ``noun`` what a
+    key is called in the message: "unknown key train.bacth_size; known: ...")."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
-        raise ConfigError(f"unknown key {where + '.' if where else ''}{sorted(unknown)[0]} "
-                          f"(known: {', '.join(sorted(names))})")
+        raise ConfigError(f"unknown {noun} {where + '.' if where else ''}{sorted(unknown)[0]}; "
+                          f"known: {', '.join(sorted(names))}")
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
     return cls(**kwargs)
 
@@ -279,7 +281,5 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    """The resolved config as YAML, written atomically (a temporary file of this process, then a rename)."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

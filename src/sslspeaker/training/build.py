@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from ..augment.noise import NoiseBank
 from ..augment.reverb import RirBank
 from ..config import Config, ConfigError, ManifestRef
 from ..data.audio import audio_info
+from ..data.dataset import SegmentDataset
 from ..data.manifest import Entry, read_manifest
 from ..data.prepare import scan
 from ..features.mel import LogMel
@@ -70,14 +72,41 @@ def build_features(cfg: Config) -> LogMel:
 
 
 def build_model(cfg: Config) -> Method:
+    """The configured method around the configured encoder (bad options: ``ConfigError`` naming the section)."""
     try:
         encoder = build_encoder(cfg.model.encoder, n_mels=cfg.features.n_mels, **cfg.model.options)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model: {exc}") from None
     try:
         return build_method(cfg.method.name, encoder, **cfg.method.options)
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:
         raise ConfigError(f"method: {exc}") from None
+
+
+@dataclass
+class TrainingParts:
+    """What a training run is made of, built from its config (in this order: the RNG draws depend on it)."""
+
+    augmenter: Augmenter | None
+    method: Method
+    dataset: SegmentDataset
+    features: LogMel
+
+
+def build_parts(cfg: Config) -> TrainingParts:
+    """Data, augmentation, method and features of ``cfg`` (call after seeding torch with ``train.seed``)."""
+    seed = cfg.train.seed
+    entries = load_all(cfg.data.train)
+    augmenter = build_augmenter(cfg, seed)
+    on_worker = augmenter is not None and not cfg.augment.on_device
+    method = build_model(cfg)
+    d = cfg.data
+    dataset = SegmentDataset(entries, d.crop_seconds, d.n_views, seed,
+                             augment=worker_augment(augmenter) if on_worker else None,
+                             with_labels=method.needs_labels, local_crop_seconds=d.local_crop_seconds,
+                             n_local_views=d.n_local_views, labelled_fraction=d.labelled_fraction,
+                             cache_bytes=d.cache_gb * 1e9)
+    return TrainingParts(augmenter, method, dataset, build_features(cfg))
 
 
 def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:

@@ -252,10 +252,10 @@ def test_bandlimit_option_builds_the_channel_augmentation(corpus, tmp_path):
                                      "augment.bandlimit_hz=[3000, 3000]"), 0)
     assert alone.mode == "none" and alone.noise_bank is None and alone.draw(100).cutoff_hz == 3000.0
     both = build_augmenter(make_cfg(corpus, "augment.bandlimit=0.5"), 0)
-    assert both.mode == "N|R" and both.config.bandlimit_p == 0.5 and both.config.bandlimit_hz == (3400.0, 4000.0)
+    assert both.mode == "N|R" and both.config.bandlimit == 0.5 and both.config.bandlimit_hz == (3400.0, 4000.0)
     eq = build_augmenter(make_cfg(corpus, "augment.mode=none", "augment.eq=1.0", "augment.eq_db=2.0"), 0)
-    assert eq.config.eq_p == 1.0 and eq.config.eq_db == 2.0 and eq.draw(100).eq is not None
-    with pytest.raises(ConfigError, match="augment: .*bandlimit_p"):
+    assert eq.config.eq == 1.0 and eq.config.eq_db == 2.0 and eq.draw(100).eq is not None
+    with pytest.raises(ConfigError, match=r"augment\.bandlimit must be in \[0, 1\], got 2"):
         build_augmenter(make_cfg(corpus, "augment.bandlimit=2"), 0)
 
 

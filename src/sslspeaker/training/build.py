@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..augment.augmenter import AugmentConfig, Augmenter
+from ..augment.augmenter import Augmenter
 from ..augment.noise import NoiseBank
 from ..augment.reverb import RirBank
 from ..config import Config, ConfigError, ManifestRef
@@ -45,14 +45,14 @@ def load_all(refs: list[ManifestRef]) -> list[Entry]:
 
 
 def build_augmenter(cfg: Config, seed: int) -> Augmenter | None:
+    """The configured augmentation with its noise and RIR banks; None when it changes nothing."""
     a = cfg.augment
     if a.mode == "none" and a.bandlimit == 0 and a.eq == 0:
         return None
     noise = NoiseBank(load_all(a.noise)) if a.noise and a.mode != "none" else None
     rir = RirBank(load_all(a.rir)) if a.rir and a.mode != "none" else None
     try:
-        config = AugmentConfig(bandlimit_p=a.bandlimit, bandlimit_hz=tuple(a.bandlimit_hz), eq_p=a.eq, eq_db=a.eq_db)
-        return Augmenter(config, noise, rir, mode=a.mode, apply_to=a.apply_to, seed=seed)
+        return Augmenter(a, noise, rir, mode=a.mode, apply_to=a.apply_to, seed=seed)
     except ValueError as exc:
         raise ConfigError(f"augment: {exc}") from None
 

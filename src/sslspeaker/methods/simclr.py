@@ -26,21 +26,18 @@ from torch import Tensor, nn
 from ..distributed import gather_with_grad
 from .base import Method
 from .losses import nt_xent_logits, positive_top1
-from .options import Options, option
+from .options import option
 from .registry import register_method
-from .views import check_views, embed_dim_of, encode_views, local_offset, projection_head
+from .views import ProjectorOptions, check_views, embed_dim_of, encode_views, local_offset, projection_head
 
 
 @dataclass
-class SimCLROptions(Options):
+class SimCLROptions(ProjectorOptions):
     """SimCLR's options."""
 
     temperature: float = option(0.07, "NT-Xent temperature τ")
     margin: float = option(0.0, "additive margin subtracted from the positive cosine (NT-Xent-AM)")
     symmetric: bool = option(True, "both views are anchors (2N−2 negatives); false: view 0 only")
-    projector: str = option("none", "head after the encoder: none | linear | mlp")
-    proj_hidden: int = option(2048, "hidden width of the mlp projector")
-    proj_dim: int = option(256, "output width of the linear or mlp projector")
 
     def __post_init__(self) -> None:
         if self.temperature <= 0.0:
@@ -57,10 +54,7 @@ class SimCLR(Method):
         super().__init__(encoder, options, **values)
         o = self.options
         self.temperature, self.margin, self.symmetric = float(o.temperature), float(o.margin), bool(o.symmetric)
-        try:
-            self.projector = projection_head(o.projector, embed_dim_of(self.name, encoder), o.proj_hidden, o.proj_dim)
-        except ValueError as exc:
-            raise ValueError(f"{self.name}: {exc}") from None
+        self.projector = projection_head(self.name, o, embed_dim_of(self.name, encoder))
 
     def embed(self, feats: Tensor) -> Tensor:
         """Unit embeddings of the first two views: [B, V, n_mels, frames] → [B, 2, D]."""

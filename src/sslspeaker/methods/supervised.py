@@ -25,8 +25,8 @@ from .base import Method
 from .losses import aam_softmax_logits, am_softmax_logits, supcon
 from .options import Options, option
 from .registry import register_method
-from .views import (check_views, embed_dim_of, encode_views, local_offset, projection_head, require_labels,
-                    share_of_global_mean, supcon_anchor_count)
+from .views import (ProjectorOptions, check_views, embed_dim_of, encode_views, local_offset, projection_head,
+                    require_labels, share_of_global_mean, supcon_anchor_count)
 
 
 @dataclass
@@ -56,16 +56,13 @@ class AAMOptions(MarginOptions):
 
 
 @dataclass
-class AAMSupConOptions(AAMOptions):
+class AAMSupConOptions(AAMOptions, ProjectorOptions):
     """AAMSupCon's options."""
 
     margin: float = option(0.3, "margin m on the target class")
     scale: float = option(32.0, "logit scale s")
     temperature: float = option(0.07, "SupCon temperature")
     supcon_weight: float = option(1.0, "weight of SupCon in SupCon + AAM-softmax")
-    projector: str = option("none", "SupCon head after the encoder: none | linear | mlp")
-    proj_hidden: int = option(2048, "hidden width of the mlp projector")
-    proj_dim: int = option(256, "output width of the linear or mlp projector")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -191,10 +188,7 @@ class AAMSupCon(AAMSoftmax):
         super().__init__(encoder, options, **values)
         o = self.options
         self.temperature, self.supcon_weight = float(o.temperature), float(o.supcon_weight)
-        try:
-            self.projector = projection_head(o.projector, self.embed_dim, o.proj_hidden, o.proj_dim)
-        except ValueError as exc:
-            raise ValueError(f"aamsupcon: {exc}") from None
+        self.projector = projection_head(self.name, o, self.embed_dim)
 
     def forward(self, feats: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """feats: [B, V≥2, n_mels, frames], labels [B]; loss = SupCon (views of the global batch) + AAM-softmax."""

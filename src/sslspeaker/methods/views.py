@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributed import gather_nograd, get_rank, get_world_size
 from ..models.heads import build_head
+from .options import Options, option
 
 
 def check_views(name: str, feats: Tensor, min_views: int) -> None:
@@ -23,15 +26,24 @@ def embed_dim_of(name: str, encoder: nn.Module) -> int:
     return int(encoder.embed_dim)
 
 
-def projection_head(name: str, in_dim: int, hidden: int, out_dim: int) -> nn.Module:
-    """``none`` | ``linear`` (→ out_dim) | ``mlp`` (Linear → BN → ReLU → Linear, hidden → out_dim)."""
-    if name == "none":
+@dataclass
+class ProjectorOptions(Options):
+    """The options of a projection head after the encoder (``projection_head``)."""
+
+    projector: str = option("none", "head after the encoder: none | linear | mlp")
+    proj_hidden: int = option(2048, "hidden width of the mlp projector")
+    proj_dim: int = option(256, "output width of the linear or mlp projector")
+
+
+def projection_head(method: str, o: ProjectorOptions, in_dim: int) -> nn.Module:
+    """``none`` | ``linear`` (→ proj_dim) | ``mlp`` (Linear → BN → ReLU → Linear, proj_hidden → proj_dim)."""
+    if o.projector == "none":
         return build_head("none", in_dim)
-    if name == "linear":
-        return build_head("linear", in_dim, out_dim=out_dim)
-    if name == "mlp":
-        return build_head("mlp", in_dim, hidden_dim=hidden, out_dim=out_dim)
-    raise ValueError(f"projector must be 'none', 'linear' or 'mlp', got {name!r}")
+    if o.projector == "linear":
+        return build_head("linear", in_dim, out_dim=o.proj_dim)
+    if o.projector == "mlp":
+        return build_head("mlp", in_dim, hidden_dim=o.proj_hidden, out_dim=o.proj_dim)
+    raise ValueError(f"{method}: projector must be 'none', 'linear' or 'mlp', got {o.projector!r}")
 
 
 def encode_views(encoder: nn.Module, head: nn.Module, feats: Tensor, normalize: bool = True) -> Tensor:
@@ -72,5 +84,6 @@ def supcon_anchor_count(labels: Tensor) -> Tensor:
     return ((labels >= 0) & (others > 0)).sum()
 
 
-__all__ = ["check_views", "embed_dim_of", "encode_views", "local_offset", "projection_head", "require_labels",
+__all__ = ["ProjectorOptions", "check_views", "embed_dim_of", "encode_views", "local_offset", "projection_head",
+           "require_labels",
            "share_of_global_mean", "supcon_anchor_count"]

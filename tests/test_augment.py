@@ -410,42 +410,42 @@ def test_equalise_scales_each_tone_by_the_curve():
 
 
 def test_bandlimit_fraction_cutoffs_and_order(banks):
-    aug = Augmenter(AugmentConfig(bandlimit_p=0.3, bandlimit_hz=(3400, 4000)), *banks, mode="N|R", seed=5)
+    aug = Augmenter(AugmentConfig(bandlimit=0.3, bandlimit_hz=(3400, 4000)), *banks, mode="N|R", seed=5)
     draws = [aug.draw(400) for _ in range(3000)]
     cut = np.array([d.cutoff_hz for d in draws if d.cutoff_hz is not None])
     assert abs(len(cut) / len(draws) - 0.3) < 0.03 and cut.min() >= 3400 and cut.max() <= 4000
     assert {d.kind for d in draws if d.cutoff_hz is not None} == {"noise", "reverb"}  # on top of the mode
     # applied after the noise: the output has no energy above the cutoff, noise included
     x = views(b=4, v=2)
-    one = Augmenter(AugmentConfig(bandlimit_p=1.0, bandlimit_hz=(3500, 3500)), *banks, mode="noise", seed=2)
+    one = Augmenter(AugmentConfig(bandlimit=1.0, bandlimit_hz=(3500, 3500)), *banks, mode="noise", seed=2)
     y = one.augment_views(x).reshape(8, -1)
     spec = torch.fft.rfft(y.double(), dim=-1).abs()
     f = torch.fft.rfftfreq(y.shape[-1], 1 / SR)
     assert spec[:, f > 3500].max() < 1e-4 * spec.max()
     assert not torch.allclose(y, low_pass(x.reshape(8, -1), torch.full((8,), 3500.0), SR), atol=1e-3)  # noise too
     # p = 0 draws nothing extra: the random stream, hence every run so far, is unchanged
-    a, b = Augmenter(None, *banks, seed=9), Augmenter(AugmentConfig(bandlimit_p=0.0), *banks, seed=9)
+    a, b = Augmenter(None, *banks, seed=9), Augmenter(AugmentConfig(bandlimit=0.0), *banks, seed=9)
     assert torch.equal(a.augment_views(views()), b.augment_views(views()))
-    assert Augmenter(AugmentConfig(bandlimit_p=1.0), mode="none").draw(10).cutoff_hz is not None
-    eqs = Augmenter(AugmentConfig(eq_p=0.4, eq_db=3.0), mode="none", seed=3)
+    assert Augmenter(AugmentConfig(bandlimit=1.0), mode="none").draw(10).cutoff_hz is not None
+    eqs = Augmenter(AugmentConfig(eq=0.4, eq_db=3.0), mode="none", seed=3)
     eq = [eqs.draw(10).eq for _ in range(3000)]
     g = np.array([e[0] for e in eq if e is not None])
     assert abs(len(g) / 3000 - 0.4) < 0.03 and g.shape[1] == 3 and abs(g.std() - 3.0) < 0.15
     # the equaliser then the band limit, on the same view: both show in its spectrum
-    z = Augmenter(AugmentConfig(eq_p=1.0, bandlimit_p=1.0, bandlimit_hz=(3000, 3000)), mode="none", seed=4)
+    z = Augmenter(AugmentConfig(eq=1.0, bandlimit=1.0, bandlimit_hz=(3000, 3000)), mode="none", seed=4)
     y = z.augment_views(views(b=2, v=1)).reshape(2, -1)
     spec = torch.fft.rfft(y.double(), dim=-1).abs()
     f = torch.fft.rfftfreq(y.shape[-1], 1 / SR)
     assert spec[:, f > 3000].max() < 1e-4 * spec.max() and not torch.allclose(
         y, low_pass(views(b=2, v=1).reshape(2, -1), torch.full((2,), 3000.0), SR), atol=1e-4)
-    with pytest.raises(ValueError, match="bandlimit_p"):
-        AugmentConfig(bandlimit_p=1.5)
+    with pytest.raises(ValueError, match=r"augment\.bandlimit must be in \[0, 1\]"):
+        AugmentConfig(bandlimit=1.5)
     with pytest.raises(ValueError, match="bandlimit_hz"):
         AugmentConfig(bandlimit_hz=(3000, 9000))
     with pytest.raises(ValueError, match=r"bandlimit_hz must be \[low, high\]"):
         AugmentConfig(bandlimit_hz=(3000, 3500, 4000))
-    with pytest.raises(ValueError, match="eq_p"):
-        AugmentConfig(eq_p=-0.1)
+    with pytest.raises(ValueError, match=r"augment\.eq must be in \[0, 1\]"):
+        AugmentConfig(eq=-0.1)
     with pytest.raises(ValueError, match="eq_db"):
         AugmentConfig(eq_db=-1)
 

@@ -110,7 +110,7 @@ def test_recipe_is_packaged_and_strict():
 
 
 def test_moco_queue_fitted_to_the_pool():
-    from sslspeaker.methods.pool_fit import fit_options_to_pool
+    from sslspeaker.methods import fit_options_to_pool
 
     options = {"queue_size": 64, "momentum": 0.99}
     assert fit_options_to_pool("moco", options, n_examples=18, batch_size=6) == {"queue_size": 18, "momentum": 0.99}

@@ -418,3 +418,78 @@ def test_positive_top1_adds_the_margin_back_and_skips_masked_negatives():
     assert float(positive_top1(logits, target, m, tau)) == pytest.approx(1 / 3)
     logits[2, 0] = -torch.inf                 # with column 0 masked as well, nothing outscores row 2's positive
     assert float(positive_top1(logits, target, m, tau)) == pytest.approx(2 / 3)
+
+
+# ---- options -------------------------------------------------------------------------------
+def test_options_extend_the_parent_and_are_read_strictly():
+    from sslspeaker.config import ConfigError
+    from sslspeaker.methods import method_options
+
+    moco = [o.name for o in method_options("moco")]
+    for child in ("c3_moco", "moco_supcon"):
+        names = [o.name for o in method_options(child)]
+        assert names[:len(moco)] == moco and len(names) > len(moco)  # the parent's options first, then its own
+    listed = {o.name: o for o in method_options("moco")}
+    assert listed["queue_size"].default == 65536 and listed["queue_size"].help
+    assert all(o.help for name in list_methods() for o in method_options(name))  # one line of help each
+    with pytest.raises(ConfigError, match=r"moco\.queue_size: expected an integer"):
+        build_method("moco", TinyEncoder(), queue_size="big")
+    with pytest.raises(ConfigError, match=r"unknown option moco_supcon\.supcon_weght; known: .*supcon_weight"):
+        build_method("moco_supcon", TinyEncoder(), supcon_weght=1.0)
+    m = build_method("c3_moco", TinyEncoder(), queue_size=16, n_clusters=[3, 4])
+    assert m.options.n_clusters == [3, 4] and m.options.queue_size == 16 and m.queue.shape[0] == 16
+
+
+def test_train_list_prints_each_methods_options(capsys):
+    from sslspeaker.commands.train import run
+
+    assert run(argparse.Namespace(list=True)) == 0
+    out = capsys.readouterr().out
+    line = next(row for row in out.splitlines() if row.strip().startswith("queue_size"))
+    assert "65536" in line and "FIFO queue" in line
+    assert any(row.strip().startswith("supcon_weight") for row in out.splitlines())
+
+
+def test_fit_options_to_pool_caps_the_moco_queue_at_an_epoch_of_keys():
+    from sslspeaker.methods import fit_options_to_pool
+
+    given = {"queue_size": 65536, "temperature": 0.1}
+    fitted = fit_options_to_pool("moco", given, 100, 16)
+    assert fitted == {"queue_size": 96, "temperature": 0.1} and given["queue_size"] == 65536  # 100 // 16 · 16
+    assert fit_options_to_pool("moco", {}, 100, 16) == {"queue_size": 96}  # the default 65536 is capped too
+    assert fit_options_to_pool("moco", {"queue_size": 32}, 100, 16) == {"queue_size": 32}
+    assert fit_options_to_pool("moco", {"symmetric": True}, 100, 16)["queue_size"] == 192  # two keys per utterance
+    assert fit_options_to_pool("c3_moco", {"queue_size": 1000}, 50, 10) == {"queue_size": 50}
+    assert fit_options_to_pool("simclr", {"temperature": 0.1}, 100, 16) == {"temperature": 0.1}
+    # the cap is what the trainer's clamp_queue would leave: no warning, the same queue
+    m = make("moco", queue_size=fit_options_to_pool("moco", {}, 100, 16)["queue_size"])
+    assert m.clamp_queue(100, 16) == 96
+
+
+def test_developers_guide_example_method_builds_and_trains():
+    """The "How to add a method" file in DEVELOPERS.md, run as written."""
+    import re
+    import sys
+    import types
+
+    text = (Path(__file__).resolve().parents[1] / "DEVELOPERS.md").read_text()
+    source = re.search(r"## How to add a method.*?```python\n(.*?)```", text, re.S).group(1)
+    module = types.ModuleType("moco_align_example")
+    sys.modules[module.__name__] = module
+    exec(compile(source, "DEVELOPERS.md", "exec"), module.__dict__)
+    torch.manual_seed(0)
+    m = build_method("moco_align", TinyEncoder(), queue_size=32, align_weight=0.25)
+    x = feats(6)
+    with torch.no_grad():
+        q = m.encode_queries(x[:, 0])
+        k, _ = m.encode_keys(x[:, 1])
+        queue = m.queue.clone()
+    m.shuffle_count.zero_()  # the same key shuffle again in the forward
+    loss, logs = m(x)
+    expected = info_nce(q, k, queue, 0.07) + 0.25 * ((q - k) ** 2).sum(dim=1).mean()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5) and logs["loss"] == pytest.approx(loss.item())
+    loss.backward()
+    assert int(m.queue_ptr) == 6 and any(float(p.grad.abs().sum()) > 0 for p in m.encoder.parameters())
+    from sslspeaker.methods import method_options
+
+    assert "align_weight" in [o.name for o in method_options("moco_align")]

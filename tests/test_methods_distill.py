@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import TinyEncoder
-from sslspeaker.methods import build_method
+from sslspeaker.methods import EpochContext, build_method
 from sslspeaker.methods import c3 as c3_module  # noqa: F401  (registers "c3_moco")
 from sslspeaker.methods import dino as dino_module  # noqa: F401  (registers "dino")
 from sslspeaker.methods.c3 import (C3MoCo, false_negative_mask, false_negative_pairs, proto_nce,
@@ -41,6 +41,12 @@ def sgd_step(method: nn.Module, lr: float) -> None:
 
 
 # =============================== DINO ======================================================
+def ended(epoch: int) -> EpochContext:
+    """The end of ``epoch`` in a long run, without a training set to embed."""
+    return EpochContext(epoch=epoch, planned_epochs=100, step=0, steps_per_epoch=1, total_steps=100,
+                        device=torch.device("cpu"))
+
+
 def make_dino(seed: int = 0, **options) -> DINO:
     torch.manual_seed(seed)
     return DINO(TinyEncoder(), **{"out_dim": 16, "hidden_dim": 12, "bottleneck_dim": 6, **options})
@@ -153,7 +159,7 @@ def test_teacher_temperature_warmup():
     temps = []
     for epoch in range(4):
         temps.append(m(feats(4))[1]["teacher_temp"])
-        m.on_epoch_end(epoch, None)
+        m.on_epoch_end(ended(epoch))
     assert temps == pytest.approx([0.04, 0.055, 0.07, 0.07])
 
 
@@ -165,7 +171,7 @@ def test_teacher_temperature_warmup_as_a_fraction_follows_the_plan():
     temps = []
     for epoch in range(3):
         temps.append(m(feats(4))[1]["teacher_temp"])
-        m.on_epoch_end(epoch, None)
+        m.on_epoch_end(ended(epoch))
     assert temps == pytest.approx([0.04, 0.07, 0.07])
     m.on_schedule(30)  # a longer re-plan after the warm-up ended keeps it ended (not 6 epochs, 0.058 now)
     assert m.warmup_teacher_temp_epochs == 2 and m(feats(4))[1]["teacher_temp"] == pytest.approx(0.07)
@@ -196,7 +202,7 @@ def test_last_layer_frozen_only_in_first_epoch():
 
     g_last, g_mlp = grads()
     assert torch.count_nonzero(g_last) == 0 and all(g is not None and g.abs().sum() > 0 for g in g_mlp)
-    m.on_epoch_end(0, None)
+    m.on_epoch_end(ended(0))
     g_last, _ = grads()
     assert g_last.abs().sum() > 0
     m0 = make_dino(freeze_last_layer=0)
@@ -211,7 +217,7 @@ def test_dino_state_dict_round_trip():
         loss.backward()
         sgd_step(a, 0.1)
         a.after_step(step, 10)
-    a.on_epoch_end(0, None)
+    a.on_epoch_end(ended(0))
     b = make_dino(seed=5)
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.center, b.center) and int(b.epoch) == 1 and float(b.momentum_now) == float(a.momentum_now)
@@ -419,6 +425,12 @@ class FakeTrainer:
     def __init__(self, n: int = 24) -> None:
         self.x = torch.randn(n, N_MELS, FRAMES, generator=torch.Generator().manual_seed(4))
         self.calls: list[nn.Module] = []
+        self.steps_per_epoch, self.total_steps = 1, 1000  # far from the run's end unless a test says so
+
+    def context(self, epoch: int) -> EpochContext:
+        return EpochContext(epoch=epoch, planned_epochs=self.total_steps // self.steps_per_epoch, step=0,
+                            steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+                            device=torch.device("cpu"), embed_training_set=self.embed_training_set)
 
     @torch.no_grad()
     def embed_training_set(self, encoder=None, crop_seconds=None, batch_size=64):
@@ -433,7 +445,7 @@ class FakeTrainer:
 def test_on_epoch_end_clusters_momentum_features():
     m = make_c3(n_clusters=[3, 5], proto_start_epoch=1, projector="mlp", proj_hidden=16, proj_dim=6)
     trainer = FakeTrainer(24)
-    m.on_epoch_end(0, trainer)
+    m.on_epoch_end(trainer.context(0))
     assert len(trainer.calls) == 1
     used = trainer.calls[0]
     assert used[0] is m.key_encoder and used[1] is m.key_projector  # PCL: momentum encoder features
@@ -458,12 +470,12 @@ def test_stage_schedule_switches_at_configured_epochs():
         _, logs = m(feats(8, seed=epoch), index=torch.arange(8))
         stages.append(logs["stage"])
         protos.append(logs["proto_loss"])
-        m.on_epoch_end(epoch, trainer)
+        m.on_epoch_end(trainer.context(epoch))
     assert stages == [0, 0, 1, 1, 2, 2]
     assert protos[:4] == [0, 0, 0, 0] and all(p > 0 for p in protos[4:])
     assert len(trainer.calls) == 3  # clustered at the ends of epochs 3, 4 and 5 only
     trainer.steps_per_epoch, trainer.total_steps = 10, 70
-    m.on_epoch_end(6, trainer)  # the run's last epoch: nothing left to use prototypes for
+    m.on_epoch_end(trainer.context(6))  # the run's last epoch: nothing left to use prototypes for
     assert len(trainer.calls) == 3 and int(m.epoch) == 7
     # without prototypes configured, stage 2 never starts
     assert make_c3(reweight_start_epoch=1, proto_start_epoch=2).stage(5) == 1
@@ -490,7 +502,7 @@ def test_stage_starts_as_fractions_follow_the_planned_epochs():
 def test_c3_state_dict_round_trip_resizes_prototypes():
     a = make_c3(n_clusters=[3, 4], proto_start_epoch=1)
     a.clamp_queue(24, 8)
-    a.on_epoch_end(0, FakeTrainer(24))
+    a.on_epoch_end(FakeTrainer(24).context(0))
     b = make_c3(seed=3, n_clusters=[3, 4], reweight_start_epoch=7, proto_start_epoch=9)
     b.load_state_dict(a.state_dict())
     assert (b.reweight_start_epoch, b.proto_start_epoch) == (10, 1)  # the starts (re-plans) travel with it

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .fileio import atomic_write_text
 from .paths import ENV_VAR, data_root
 
 
@@ -46,17 +47,64 @@ class DataConfig:
     cache_gb: float = 2.0  # keep decoded training audio in memory when the whole set fits (0 = off)
 
 
+NOISE_CATEGORIES = ("noise", "music", "babble")  # babble is made of speech files
+
+
 @dataclass
 class AugmentConfig:
+    """Augmentation of the training views: the recipe's ``augment:`` section, read by ``augment.Augmenter``.
+
+    SNR ranges in dB and babble talker counts (inclusive) are [low, high], drawn uniformly, as in
+    the MUSAN recipes.
+    """
+
     mode: str = "none"  # none | noise | reverb | N|R   (MoCoVox Table 1)
-    apply_to: str = "both"  # both | one
+    apply_to: str = "both"  # both | one | second
     noise: list[ManifestRef] = field(default_factory=list)
     rir: list[ManifestRef] = field(default_factory=list)
     on_device: bool = False  # batched on the training device instead of in data workers
     bandlimit: float = 0.0  # probability that a view is also low-passed to a telephone band (any mode)
-    bandlimit_hz: list[float] = field(default_factory=lambda: [3400.0, 4000.0])  # its cutoff, drawn uniformly
+    bandlimit_hz: tuple[float, float] = (3400.0, 4000.0)  # its cutoff, drawn uniformly (8-kHz telephone: 3.4 kHz)
     eq: float = 0.0  # probability that a view is also coloured by a random smooth equaliser (any mode)
     eq_db: float = 3.0  # std in dB of each of the equaliser's 3 cosine components over log frequency
+    noise_snr: tuple[float, float] = (0.0, 15.0)
+    music_snr: tuple[float, float] = (5.0, 15.0)
+    babble_snr: tuple[float, float] = (13.0, 20.0)
+    babble_count: tuple[int, int] = (3, 7)
+    p_noise_given_NR: float = 0.75  # mode "N|R": noise with this probability, else reverb
+    category_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(NOISE_CATEGORIES, 1.0))
+
+    def __post_init__(self) -> None:
+        for name in ("noise_snr", "music_snr", "babble_snr", "babble_count", "bandlimit_hz"):
+            self._check_range(name)
+        if self.babble_count[0] < 1:
+            raise ConfigError(f"augment.babble_count must be >= 1, got {self.babble_count}")
+        for name in ("p_noise_given_NR", "bandlimit", "eq"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.eq_db < 0:
+            raise ConfigError(f"augment.eq_db must be >= 0, got {self.eq_db}")
+        from .data.audio import SAMPLE_RATE
+
+        if not 0.0 < self.bandlimit_hz[0] <= self.bandlimit_hz[1] <= SAMPLE_RATE / 2:
+            raise ConfigError(f"augment.bandlimit_hz must lie in (0, {SAMPLE_RATE // 2}] Hz, got {self.bandlimit_hz}")
+        unknown = set(self.category_weights) - set(NOISE_CATEGORIES)
+        if unknown or any(w < 0 for w in self.category_weights.values()):
+            raise ConfigError(f"augment.category_weights: categories are {list(NOISE_CATEGORIES)}, weights >= 0; "
+                              f"got {self.category_weights}")
+
+    def _check_range(self, name: str) -> None:
+        """``name`` is a [low, high] pair with low <= high; stored as a tuple (YAML gives lists)."""
+        value = getattr(self, name)
+        if len(value) != 2:
+            raise ConfigError(f"augment.{name} must be [low, high], got {value}")
+        lo, hi = value
+        if lo > hi:
+            raise ConfigError(f"augment.{name}: low {lo} > high {hi}")
+        setattr(self, name, (lo, hi))
+
+    def snr_range(self, category: str) -> tuple[float, float]:
+        return getattr(self, f"{category}_snr")
 
 
 @dataclass
@@ -161,9 +209,15 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, list):
             value = [value]
         return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        if args:
+            return {k: _convert(v, args[1], f"{where}.{k}") for k, v in value.items()}
         return {k: (_expand(v) if isinstance(v, str) else v) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
@@ -184,15 +238,16 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def build_dataclass(cls, values: dict, where: str = ""):
+def build_dataclass(cls, values: dict, where: str = "", noun: str = "key"):
     """A ``cls`` dataclass from a plain tree, strictly: unknown keys and wrong types raise ``ConfigError``
-    naming the option (``where`` is the dotted prefix the names are reported under)."""
+    naming the option (``where`` is the dotted prefix the names are reported under, ``noun`` what a
+    key is called in the message: "unknown key train.bacth_size; known: ...")."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
-        raise ConfigError(f"unknown key {where + '.' if where else ''}{sorted(unknown)[0]} "
-                          f"(known: {', '.join(sorted(names))})")
+        raise ConfigError(f"unknown {noun} {where + '.' if where else ''}{sorted(unknown)[0]}; "
+                          f"known: {', '.join(sorted(names))}")
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
     return cls(**kwargs)
 
@@ -279,7 +334,5 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    """The resolved config as YAML, written atomically (a temporary file of this process, then a rename)."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -311,7 +311,7 @@ def _trial_list(out: Path, corpus: Corpus, max_trials: int, seed: int, say: Call
 # ---- training and evaluation ---------------------------------------------------------------
 def _plan(tree: dict, corpus: Corpus, s: DemoSettings, seed: int, say: Callable[[str], None]) -> Plan:
     """Steps from the time budget, the batch no larger than the pool, the method's options fitted to the pool."""
-    from .methods.pool_fit import fit_options_to_pool
+    from .methods import fit_options_to_pool
 
     recipe = _recipe_config(tree)
     n = len(corpus.train)

@@ -1,8 +1,8 @@
 """Per-view augmentation of contrastive views (MoCoVox Table 1 settings: none, noise, reverb, N|R).
 
 Independently of the mode, a view may also pass through a channel after its noise or
-reverberation: a random smooth equaliser (``AugmentConfig.eq_p``), then a telephone band limit
-(``AugmentConfig.bandlimit_p``).
+reverberation: a random smooth equaliser (``AugmentConfig.eq``), then a telephone band limit
+(``AugmentConfig.bandlimit``). The settings are ``config.AugmentConfig``, the recipe's ``augment:`` section.
 
 Randomness comes only from a numpy Generator (passed in, or owned and checkpointable), and all
 random choices, including noise segments and RIRs, are drawn on the CPU, so a run is
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..config import AugmentConfig
 from ..data.audio import SAMPLE_RATE
 from .channel import EQ_COMPONENTS, equalise, low_pass
 from .noise import NoiseBank, combine_sources, mix_at_snr
@@ -25,51 +26,6 @@ from .reverb import RirBank, convolve_spectrum, fft_length
 MODES = ("none", "noise", "reverb", "N|R")
 APPLY_TO = ("both", "one", "second")
 BANK_CATEGORY = {"noise": "noise", "music": "music", "babble": "speech"}  # babble is made of speech files
-
-
-@dataclass
-class AugmentConfig:
-    """SNR ranges in dB and babble talker counts (inclusive), drawn uniformly, as in the MUSAN recipes."""
-
-    noise_snr: tuple[float, float] = (0.0, 15.0)
-    music_snr: tuple[float, float] = (5.0, 15.0)
-    babble_snr: tuple[float, float] = (13.0, 20.0)
-    babble_count: tuple[int, int] = (3, 7)
-    p_noise_given_NR: float = 0.75  # mode "N|R": noise with this probability, else reverb
-    category_weights: dict[str, float] = field(default_factory=lambda: {"noise": 1.0, "music": 1.0, "babble": 1.0})
-    bandlimit_p: float = 0.0  # probability that a view is also low-passed at a cutoff drawn from bandlimit_hz
-    bandlimit_hz: tuple[float, float] = (3400.0, 4000.0)  # telephone speech: 8-kHz sampling, 3.4-kHz channel
-    eq_p: float = 0.0  # probability that a view is also coloured by a random smooth equaliser
-    eq_db: float = 3.0  # std (dB) of each of its cosine components over log frequency
-
-    def __post_init__(self):
-        for name in ("noise_snr", "music_snr", "babble_snr", "babble_count", "bandlimit_hz"):
-            if len(getattr(self, name)) != 2:
-                raise ValueError(f"AugmentConfig.{name} must be [low, high], got {getattr(self, name)}")
-            lo, hi = getattr(self, name)  # lists from YAML are fine
-            if lo > hi:
-                raise ValueError(f"AugmentConfig.{name}: low {lo} > high {hi}")
-            setattr(self, name, (lo, hi))
-        if self.babble_count[0] < 1:
-            raise ValueError(f"AugmentConfig.babble_count must be ≥ 1, got {self.babble_count}")
-        if not 0.0 <= self.p_noise_given_NR <= 1.0:
-            raise ValueError(f"AugmentConfig.p_noise_given_NR must be in [0, 1], got {self.p_noise_given_NR}")
-        for name in ("bandlimit_p", "eq_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"AugmentConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.eq_db < 0:
-            raise ValueError(f"AugmentConfig.eq_db must be >= 0, got {self.eq_db}")
-        if not 0.0 < self.bandlimit_hz[0] <= self.bandlimit_hz[1] <= SAMPLE_RATE / 2:
-            raise ValueError(f"AugmentConfig.bandlimit_hz must lie in (0, {SAMPLE_RATE // 2}] Hz, got {self.bandlimit_hz}")
-        unknown = set(self.category_weights) - set(BANK_CATEGORY)
-        if unknown or any(w < 0 for w in self.category_weights.values()):
-            raise ValueError(
-                f"AugmentConfig.category_weights: categories are {list(BANK_CATEGORY)}, weights ≥ 0; "
-                f"got {self.category_weights}"
-            )
-
-    def snr_range(self, category: str) -> tuple[float, float]:
-        return getattr(self, f"{category}_snr")
 
 
 @dataclass
@@ -134,9 +90,9 @@ class Augmenter:
         rng = self.rng if rng is None else rng
         aug = self._draw_mode(n_samples, rng)
         c = self.config  # no draws at p = 0: the random streams of runs without a channel are unchanged
-        if c.eq_p > 0 and rng.random() < c.eq_p:
+        if c.eq > 0 and rng.random() < c.eq:
             aug.eq = (rng.normal(0.0, c.eq_db, EQ_COMPONENTS).tolist(), rng.uniform(0, 2 * np.pi, EQ_COMPONENTS).tolist())
-        if c.bandlimit_p > 0 and rng.random() < c.bandlimit_p:
+        if c.bandlimit > 0 and rng.random() < c.bandlimit:
             aug.cutoff_hz = float(rng.uniform(*c.bandlimit_hz))
         return aug
 

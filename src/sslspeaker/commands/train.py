@@ -4,37 +4,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError, load_config
-
     if args.list:
-        from ..methods import list_methods
-        from ..models import list_encoders
-
-        print("methods:")
-        for name, doc in list_methods().items():
-            print(f"  {name:14s} {doc}")
-        print("encoders: " + ", ".join(list_encoders()))
+        print_methods_and_encoders()
         return 0
     if not args.config or not args.out:
-        print("error: train needs CONFIG and --out RUN_DIR (or --list)", file=sys.stderr)
-        return 2
-    from ..training.trainer import TrainingStopped, train
+        raise ValueError("train needs CONFIG and --out RUN_DIR (or --list)")
+    from ..config import load_config
+    from ..training.trainer import train
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        result = train(cfg, args.out, resume=args.resume, max_minutes=args.max_minutes)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingStopped as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return 3
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, args.out, resume=args.resume, max_minutes=args.max_minutes)
     print(json.dumps(result))
     return 0
+
+
+def print_methods_and_encoders() -> None:
+    """Each registered method with its description and its options (default, help), then the encoders."""
+    from ..methods import list_methods, method_options
+    from ..models import list_encoders
+
+    print("methods (set with method.name=NAME, options with method.options.OPTION=VALUE):")
+    for name, doc in list_methods().items():
+        print(f"  {name:14s} {doc}")
+        for opt in method_options(name):
+            print(f"      {opt.name:28s} {opt.default!r:>10}  {opt.help}")
+    print("encoders: " + ", ".join(list_encoders()))
 
 
 def add_parser(sub) -> None:
@@ -44,5 +41,5 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="run folder (checkpoints, logs, resolved config)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly with a checkpoint after M minutes")
-    p.add_argument("--list", action="store_true", help="list the registered methods and encoders")
+    p.add_argument("--list", action="store_true", help="list the registered methods (with their options) and encoders")
     p.set_defaults(func=run)

@@ -12,36 +12,36 @@ negatives. Three stages, each starting at a configured epoch:
    Optionally (``filter_false_negatives``) the flagged (anchor, key) pairs are also removed from
    the denominator ("false negative pair filtering");
 3. + ProtoNCE (Li et al. 2021, PCL): after every epoch from ``proto_start_epoch − 1`` on, the
-   momentum features of the whole training set (``trainer.embed_training_set`` with the key
+   momentum features of the whole training set (``EpochContext.embed_training_set`` with the key
    encoder and key projector) are clustered by k-means for each k in ``n_clusters``; an anchor's
    positive prototype is the centroid of its utterance's cluster (looked up by dataset
    ``index``), the other centroids are its negatives, each scaled by its concentration φ;
    L = L_reMoCo + ``proto_weight``·L_ProtoNCE, the ProtoNCE averaged over the clusterings.
 
-No clustering runs after the run's last epoch (known from the trainer's ``steps_per_epoch`` and
-``total_steps``). Cluster assignments, prototypes and concentrations are buffers (saved in checkpoints; loading
+No clustering runs after the run's last epoch (``EpochContext.is_last_epoch``). Cluster assignments, prototypes and concentrations are buffers (saved in checkpoints; loading
 adopts the saved sizes). Under DDP every rank clusters and rank 0's result is broadcast.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributed import broadcast
-from .base import replanned_point
+from .base import EpochContext, replanned_point
 from .clustering import concentration, kmeans
 from .losses import positive_top1
-from .moco import MoCo
+from .moco import EncodedPairs, MoCo, MoCoOptions
+from .options import option
 from .registry import register_method
 
 log = logging.getLogger(__name__)
 
-__all__ = ["C3MoCo", "false_negative_mask", "false_negative_pairs", "proto_nce", "reweighted_info_nce"]
+__all__ = ["C3MoCo", "C3Options", "false_negative_mask", "false_negative_pairs", "proto_nce", "reweighted_info_nce"]
 
 
 # ---- equations ----------------------------------------------------------------------------
@@ -80,71 +80,68 @@ def proto_nce(q: Tensor, assignments: Tensor, prototypes: Tensor, phi: Tensor) -
 
 
 # ---- method -------------------------------------------------------------------------------
-_MOCO_OPTIONS = list(inspect.signature(MoCo.__init__).parameters)[2:]  # after self, encoder
+@dataclass
+class C3Options(MoCoOptions):
+    """MoCo's options plus the stages of class-collision correction."""
+
+    reweight_start_epoch: int = option(10, "first epoch of the re-weighted InfoNCE")
+    proto_start_epoch: int = option(20, "first epoch of ProtoNCE (clustering ends the epoch before)")
+    reweight_start_fraction: float | None = option(None, "re-weighting start as a fraction of the planned epochs")
+    proto_start_fraction: float | None = option(None, "ProtoNCE start as a fraction of the planned epochs")
+    fn_ratio: float = option(0.8, "a queued key is a false negative when q·k > fn_ratio · q·k+")
+    fn_min_pos: float = option(0.4, "... and the positive is closer than this (q·k+ > fn_min_pos)")
+    tn_weight: float = option(1.0, "ω1, weight of the anchors without a false negative")
+    fn_weight: float = option(0.5, "ω2, weight of the anchors with a false negative")
+    filter_false_negatives: bool = option(False, "also drop flagged (anchor, key) pairs from the denominator")
+    n_clusters: list[int] = option([], "k of each k-means clustering for ProtoNCE (empty: no ProtoNCE)")
+    proto_weight: float = option(1.0, "weight of ProtoNCE in the loss")
+    proto_temperature: float | None = option(None, "mean prototype concentration; default the InfoNCE τ")
+    concentration_alpha: float = option(10.0, "α smoothing the concentration of small clusters (PCL)")
+    cluster_iters: int = option(20, "k-means iterations")
+    cluster_backend: str = option("torch", "k-means implementation: torch | sklearn")
+    cluster_crop_seconds: float | None = option(None, "crop of each utterance embedded for clustering")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if any(k < 2 for k in self.n_clusters):
+            raise ValueError(f"c3_moco: every n_clusters value must be >= 2, got {self.n_clusters}")
+        if self.reweight_start_epoch < 0 or self.proto_start_epoch < 0:
+            raise ValueError("c3_moco: stage start epochs must be >= 0")
+        for name in ("reweight_start_fraction", "proto_start_fraction"):
+            f = getattr(self, name)
+            if f is not None and not 0.0 <= f <= 1.0:
+                raise ValueError(f"c3_moco: {name} must be in [0, 1], got {f}")
+        if self.cluster_backend not in ("torch", "sklearn"):
+            raise ValueError(f"c3_moco: cluster_backend must be 'torch' or 'sklearn', got {self.cluster_backend!r}")
 
 
 @register_method("c3_moco")
 class C3MoCo(MoCo):
     """C3-MoCo: MoCo with false-negative re-weighting and ProtoNCE over k-means prototypes, in stages."""
 
-    wants = ("index",)
+    Options = C3Options
+    log_names = ("loss", "pos_cos", "neg_cos", "top1", "fn_frac", "proto_loss")
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        *,
-        reweight_start_epoch: int = 10,
-        proto_start_epoch: int = 20,
-        reweight_start_fraction: float | None = None,
-        proto_start_fraction: float | None = None,
-        fn_ratio: float = 0.8,
-        fn_min_pos: float = 0.4,
-        tn_weight: float = 1.0,
-        fn_weight: float = 0.5,
-        filter_false_negatives: bool = False,
-        n_clusters: list[int] | tuple[int, ...] = (),
-        proto_weight: float = 1.0,
-        proto_temperature: float | None = None,
-        concentration_alpha: float = 10.0,
-        cluster_iters: int = 20,
-        cluster_backend: str = "torch",
-        cluster_crop_seconds: float | None = None,
-        **moco_options,
-    ) -> None:
-        unknown = sorted(set(moco_options) - set(_MOCO_OPTIONS))
-        if unknown:
-            own = list(inspect.signature(C3MoCo.__init__).parameters)[2:-1]
-            raise ValueError(f"c3_moco: unknown option(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(sorted(own + _MOCO_OPTIONS))}")
-        super().__init__(encoder, **moco_options)
-        n_clusters = [int(k) for k in (n_clusters or [])]
-        if any(k < 2 for k in n_clusters):
-            raise ValueError(f"c3_moco: every n_clusters value must be >= 2, got {n_clusters}")
-        if reweight_start_epoch < 0 or proto_start_epoch < 0:
-            raise ValueError("c3_moco: stage start epochs must be >= 0")
-        for name, f in (("reweight_start_fraction", reweight_start_fraction),
-                        ("proto_start_fraction", proto_start_fraction)):
-            if f is not None and not 0.0 <= f <= 1.0:
-                raise ValueError(f"c3_moco: {name} must be in [0, 1], got {f}")
-        if cluster_backend not in ("torch", "sklearn"):
-            raise ValueError(f"c3_moco: cluster_backend must be 'torch' or 'sklearn', got {cluster_backend!r}")
+    def __init__(self, encoder: nn.Module, options: C3Options | None = None, **values) -> None:
+        super().__init__(encoder, options, **values)
+        o = self.options
         # stage start epochs live in the checkpoint: a resumed run keeps the starts its re-plans chose
-        self.register_buffer("stage_starts", torch.tensor([reweight_start_epoch, proto_start_epoch]))
+        self.register_buffer("stage_starts", torch.tensor([o.reweight_start_epoch, o.proto_start_epoch]))
         # fractions of the planned epochs, when given, replace the start epochs (see on_schedule)
-        self.reweight_start_fraction, self.proto_start_fraction = reweight_start_fraction, proto_start_fraction
-        self.fn_ratio, self.fn_min_pos = fn_ratio, fn_min_pos
-        self.tn_weight, self.fn_weight = tn_weight, fn_weight
-        self.filter_false_negatives = filter_false_negatives
-        self.n_clusters = n_clusters
-        self.proto_weight = proto_weight
+        self.reweight_start_fraction, self.proto_start_fraction = o.reweight_start_fraction, o.proto_start_fraction
+        self.fn_ratio, self.fn_min_pos = o.fn_ratio, o.fn_min_pos
+        self.tn_weight, self.fn_weight = o.tn_weight, o.fn_weight
+        self.filter_false_negatives = o.filter_false_negatives
+        self.n_clusters = [int(k) for k in o.n_clusters]
+        self.proto_weight = o.proto_weight
         # PCL scales the mean concentration to the InfoNCE temperature
-        self.proto_temperature = self.temperature if proto_temperature is None else proto_temperature
-        self.concentration_alpha, self.cluster_iters = concentration_alpha, cluster_iters
-        self.cluster_backend, self.cluster_crop_seconds = cluster_backend, cluster_crop_seconds
-        dim = self.queue.shape[1]
+        self.proto_temperature = self.temperature if o.proto_temperature is None else o.proto_temperature
+        self.concentration_alpha, self.cluster_iters = o.concentration_alpha, o.cluster_iters
+        self.cluster_backend, self.cluster_crop_seconds = o.cluster_backend, o.cluster_crop_seconds
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
         self.register_buffer("proto_epoch", torch.full((), -1, dtype=torch.long))  # epoch that clustered; -1 none
-        for m in range(len(n_clusters)):
+        dim = self.queue.shape[1]
+        for m in range(len(self.n_clusters)):
             self.register_buffer(f"proto_assign_{m}", torch.zeros(0, dtype=torch.long))
             self.register_buffer(f"proto_centroids_{m}", torch.zeros(0, dim))
             self.register_buffer(f"proto_phi_{m}", torch.zeros(0))
@@ -220,36 +217,25 @@ class C3MoCo(MoCo):
             losses.append(proto_nce(q, assign[idx], protos, phi))
         return torch.stack(losses).mean()
 
-    def forward(self, feats: Tensor, labels: Tensor | None = None,
-                index: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """feats: [B, V≥2, n_mels, frames]; index: dataset indices [B] (needed once ProtoNCE is on)."""
-        if feats.dim() != 4 or feats.shape[1] < 2:
-            raise ValueError(f"c3_moco: feats must be [B, V>=2, n_mels, frames], got {tuple(feats.shape)}")
+    def loss(self, pairs: EncodedPairs) -> tuple[Tensor, dict[str, float]]:
+        """The loss hook: re-weighted InfoNCE (from its stage on) + proto_weight · ProtoNCE (once clustered)."""
         reweight = self.reweighting()
         use_proto = self.stage() == 2 and self.has_prototypes()
-        if use_proto and index is None:
+        if use_proto and pairs.index is None:
             raise ValueError("c3_moco: ProtoNCE needs the batch's dataset `index`")
-        pairs = [(feats[:, 0], feats[:, 1])] + ([(feats[:, 1], feats[:, 0])] if self.symmetric else [])
-        queue = self.queue.clone()  # the queue is overwritten in place (enqueue) before backward needs it
-        own = self.own_keys(index)
-        losses, stats, proto_losses, new_keys = [], [], [], []
-        for xq, xk in pairs:
-            q = self.encode_queries(xq)
-            k, k_all = self.encode_keys(xk)
-            loss, s = self._c3_contrast(q, k, queue, reweight, own)
+        losses, stats, proto_losses = [], [], []
+        for q, k in zip(pairs.queries, pairs.keys):
+            loss, s = self._c3_contrast(q, k, pairs.queue, reweight, pairs.own)
             if use_proto:
-                lp = self._proto(q, index)
+                lp = self._proto(q, pairs.index)
                 proto_losses.append(lp.detach())
                 loss = loss + self.proto_weight * lp
             losses.append(loss)
             stats.append(s)
-            new_keys.append(k_all)
-        if self.training:
-            self.enqueue(torch.cat(new_keys), self.key_indices(index, len(pairs)))
         loss = torch.stack(losses).mean()
         proto = torch.stack(proto_losses).mean() if proto_losses else torch.zeros((), device=loss.device)
         values = torch.cat([loss.detach()[None], torch.stack(stats).mean(dim=0), proto[None]]).tolist()
-        logs = dict(zip(("loss", "pos_cos", "neg_cos", "top1", "fn_frac", "proto_loss"), values))
+        logs = dict(zip(self.log_names, values))
         logs["stage"] = float(self.stage())
         return loss, logs
 
@@ -272,16 +258,14 @@ class C3MoCo(MoCo):
             setattr(self, f"proto_centroids_{m}", protos.to(self.queue.dtype))
             setattr(self, f"proto_phi_{m}", phi.float())
 
-    def on_epoch_end(self, epoch: int, context=None) -> None:
+    def on_epoch_end(self, context: EpochContext) -> None:
         """Advance the stage counter; before ProtoNCE epochs, cluster the key encoder's embeddings of the training set."""
+        epoch = context.epoch
         self.epoch.fill_(epoch + 1)
-        if self.stage(epoch + 1) != 2:
+        if self.stage(epoch + 1) != 2 or context.is_last_epoch:  # last epoch: no training left to use prototypes
             return
-        spe, total = getattr(context, "steps_per_epoch", None), getattr(context, "total_steps", None)
-        if isinstance(spe, int) and isinstance(total, int) and (epoch + 1) * spe >= total:
-            return  # the last epoch: no training left to use the prototypes
-        if context is None or not hasattr(context, "embed_training_set"):
-            raise ValueError("c3_moco: on_epoch_end needs the trainer (embed_training_set) to cluster")
+        if context.embed_training_set is None:
+            raise ValueError("c3_moco: on_epoch_end needs the training set's embeddings (embed_training_set) to cluster")
         key_model = nn.Sequential(self.key_encoder, self.key_projector)  # PCL: momentum features
         emb = context.embed_training_set(key_model, crop_seconds=self.cluster_crop_seconds)
         self.update_prototypes(emb, seed=int(self.shuffle_seed) + 7919 * (epoch + 1))

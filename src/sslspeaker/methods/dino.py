@@ -14,7 +14,7 @@ view s ≠ t) the student's log-softmax(s/τ_s) is trained towards the teacher's
 C is an EMA of the mean teacher output (centering) and τ_t < τ_s sharpens — together they prevent
 collapse. τ_t warms up linearly over the first epochs, and the head's last layer is frozen
 (gradient zeroed) during the first ``freeze_last_layer`` epochs. ``center_momentum`` defaults to
-0.99 (this project's issue 5); DINO and the wespeaker recipe use 0.9. The head
+0.99 (a slower center than the 0.9 of DINO and the wespeaker recipe). The head
 (``models.heads`` "dino") runs in float32, also under autocast.
 
 ``inference_encoder`` (validation, and ``encoder.*`` in exported checkpoints) is the student;
@@ -33,8 +33,8 @@ itself is a function of the trainer's step).
 
 from __future__ import annotations
 
-import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -43,11 +43,14 @@ from torch import Tensor, nn
 
 from ..distributed import get_world_size
 from ..models.heads import build_head
-from .base import Method, momentum_update_, replanned_point
+from .base import EpochContext, Method, replanned_point
+from .options import Options, option
 from .registry import register_method
+from .views import embed_dim_of
 
 __all__ = [
     "DINO",
+    "DINOOptions",
     "center_update",
     "dino_cross_entropy",
     "teacher_momentum",
@@ -100,8 +103,8 @@ def center_update(center: Tensor, batch_mean: Tensor, momentum: float) -> Tensor
 
 
 @torch.no_grad()
-def global_mean(x: Tensor) -> Tensor:
-    """Mean over rows of x across all ranks (all ranks hold the same number of rows): [1, K]."""
+def row_mean_over_ranks(x: Tensor) -> Tensor:
+    """Mean over the rows of x of every rank (all ranks hold the same number of rows): [1, K]."""
     s = x.float().sum(dim=0, keepdim=True)
     world = get_world_size()
     if world > 1:
@@ -115,63 +118,63 @@ def _entropy(p: Tensor) -> Tensor:
 
 
 # ---- method -------------------------------------------------------------------------------
+@dataclass
+class DINOOptions(Options):
+    """DINO's options."""
+
+    out_dim: int = option(65536, "prototypes K of the DINO head")
+    hidden_dim: int = option(2048, "hidden width of the head's MLP")
+    bottleneck_dim: int = option(256, "bottleneck width before the prototypes")
+    head_bn: bool = option(False, "batch norm in the head's MLP")
+    norm_last_layer: bool = option(True, "weight-normalised last layer with its gain fixed at 1")
+    momentum: float = option(0.996, "teacher EMA coefficient at the start (cosine to momentum_final)")
+    momentum_final: float = option(1.0, "teacher EMA coefficient at the end of training")
+    teacher_temp: float = option(0.07, "teacher temperature τ_t after the warm-up")
+    warmup_teacher_temp: float = option(0.04, "teacher temperature at the start of the warm-up")
+    warmup_teacher_temp_epochs: int = option(30, "epochs of the linear teacher-temperature warm-up")
+    warmup_teacher_temp_fraction: float = option(0.0, "> 0: the warm-up as this fraction of the planned epochs")
+    student_temp: float = option(0.1, "student temperature τ_s")
+    center_momentum: float = option(0.99, "EMA coefficient of the center C (DINO and wespeaker: 0.9)")
+    freeze_last_layer: int = option(1, "epochs in which the head's last layer gets no gradient")
+
+    def __post_init__(self) -> None:
+        if self.out_dim < 2 or self.teacher_temp <= 0 or self.warmup_teacher_temp <= 0 or self.student_temp <= 0:
+            raise ValueError("dino: need out_dim >= 2 and positive temperatures")
+        if not all(0.0 <= m <= 1.0 for m in (self.momentum, self.momentum_final, self.center_momentum)):
+            raise ValueError("dino: momentum, momentum_final and center_momentum must be in [0, 1]")
+        if self.warmup_teacher_temp_epochs < 0 or self.freeze_last_layer < 0:
+            raise ValueError("dino: warmup_teacher_temp_epochs and freeze_last_layer must be >= 0")
+        if not 0.0 <= self.warmup_teacher_temp_fraction < 1.0:
+            raise ValueError(f"dino: warmup_teacher_temp_fraction must be in [0, 1), got "
+                             f"{self.warmup_teacher_temp_fraction}")
+
+
 @register_method("dino")
 class DINO(Method):
     """DINO: self-distillation to a momentum teacher over multi-crop segments, with centering and sharpening."""
 
+    Options = DINOOptions
     wants = ("local_feats",)
+    momentum_pairs = (("encoder", "key_encoder"), ("head", "key_head"))  # the teacher: never trained by gradients
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        *,
-        out_dim: int = 65536,
-        hidden_dim: int = 2048,
-        bottleneck_dim: int = 256,
-        head_bn: bool = False,
-        norm_last_layer: bool = True,
-        momentum: float = 0.996,
-        momentum_final: float = 1.0,
-        teacher_temp: float = 0.07,
-        warmup_teacher_temp: float = 0.04,
-        warmup_teacher_temp_epochs: int = 30,
-        warmup_teacher_temp_fraction: float = 0.0,
-        student_temp: float = 0.1,
-        center_momentum: float = 0.99,
-        freeze_last_layer: int = 1,
-    ) -> None:
-        super().__init__(encoder)
-        if not hasattr(encoder, "embed_dim"):
-            raise ValueError("dino: the encoder must have an `embed_dim` attribute")
-        if out_dim < 2 or teacher_temp <= 0 or warmup_teacher_temp <= 0 or student_temp <= 0:
-            raise ValueError("dino: need out_dim >= 2 and positive temperatures")
-        if not (0.0 <= momentum <= 1.0 and 0.0 <= momentum_final <= 1.0 and 0.0 <= center_momentum <= 1.0):
-            raise ValueError("dino: momentum, momentum_final and center_momentum must be in [0, 1]")
-        if warmup_teacher_temp_epochs < 0 or freeze_last_layer < 0:
-            raise ValueError("dino: warmup_teacher_temp_epochs and freeze_last_layer must be >= 0")
-        if not 0.0 <= warmup_teacher_temp_fraction < 1.0:
-            raise ValueError(f"dino: warmup_teacher_temp_fraction must be in [0, 1), got {warmup_teacher_temp_fraction}")
-        self.momentum_base, self.momentum_final = momentum, momentum_final
-        self.teacher_temp, self.warmup_teacher_temp = teacher_temp, warmup_teacher_temp
+    def __init__(self, encoder: nn.Module, options: DINOOptions | None = None, **values) -> None:
+        super().__init__(encoder, options, **values)
+        o = self.options
+        self.momentum_base, self.momentum_final = o.momentum, o.momentum_final
+        self.teacher_temp, self.warmup_teacher_temp = o.teacher_temp, o.warmup_teacher_temp
         # > 0: the warm-up is this fraction of the planned epochs ([wespeaker]'s
         # warmup_teacher_temp_epochs_ratio), set by on_schedule and kept in step with re-plans;
         # its length lives in the checkpoint so that a resumed run keeps what its re-plans chose
-        self.warmup_teacher_temp_fraction = warmup_teacher_temp_fraction
-        self.student_temp, self.center_momentum = student_temp, center_momentum
-        self.freeze_last_layer = freeze_last_layer
-
-        self.head = build_head("dino", int(encoder.embed_dim), out_dim=out_dim, hidden_dim=hidden_dim,
-                               bottleneck_dim=bottleneck_dim, norm_last_layer=norm_last_layer, use_bn=head_bn)
-        # the teacher: same weights at the start, never trained by gradients
-        self.key_encoder = copy.deepcopy(encoder)
-        self.key_head = copy.deepcopy(self.head)
-        for p in [*self.key_encoder.parameters(), *self.key_head.parameters()]:
-            p.requires_grad_(False)
-
-        self.register_buffer("center", torch.zeros(1, out_dim))
-        self.register_buffer("warmup_epochs", torch.tensor(warmup_teacher_temp_epochs))
+        self.warmup_teacher_temp_fraction = o.warmup_teacher_temp_fraction
+        self.student_temp, self.center_momentum = o.student_temp, o.center_momentum
+        self.freeze_last_layer = o.freeze_last_layer
+        self.head = build_head("dino", embed_dim_of(self.name, encoder), out_dim=o.out_dim, hidden_dim=o.hidden_dim,
+                               bottleneck_dim=o.bottleneck_dim, norm_last_layer=o.norm_last_layer, use_bn=o.head_bn)
+        self.make_momentum_copies()  # same weights as the student at the start
+        self.register_buffer("center", torch.zeros(1, o.out_dim))
+        self.register_buffer("warmup_epochs", torch.tensor(o.warmup_teacher_temp_epochs))
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
-        self.register_buffer("momentum_now", torch.tensor(float(momentum), dtype=torch.float64))
+        self.register_buffer("momentum_now", torch.tensor(float(o.momentum), dtype=torch.float64))
         for p in self.head.last_layer.parameters():
             if p.requires_grad:
                 p.register_hook(self._last_layer_grad)
@@ -184,10 +187,6 @@ class DINO(Method):
     @warmup_teacher_temp_epochs.setter
     def warmup_teacher_temp_epochs(self, epochs: int) -> None:
         self.warmup_epochs.fill_(epochs)
-
-    @property
-    def teacher_encoder(self) -> nn.Module:
-        return self.key_encoder
 
     def current_teacher_temp(self) -> float:
         return teacher_temperature(int(self.epoch), self.warmup_teacher_temp, self.teacher_temp,
@@ -245,19 +244,21 @@ class DINO(Method):
             embed_std = z.std(dim=0).mean() if z.shape[0] > 1 else torch.zeros((), device=z.device)
             stats = torch.stack([loss.detach(), h_t, kl, embed_std])
         if self.training:
-            self.center.copy_(center_update(self.center, global_mean(teacher), self.center_momentum))
+            self.center.copy_(center_update(self.center, row_mean_over_ranks(teacher), self.center_momentum))
         values = stats.tolist()  # one device sync for all logs
         logs = dict(zip(("loss", "teacher_entropy", "kl", "embed_std"), values))
         logs.update(teacher_temp=tau_t, momentum=float(self.momentum_now))
         return loss, logs
 
     # ---- state updates --------------------------------------------------------------------
-    def after_step(self, step: int, total_steps: int) -> None:
+    def momentum_at(self, step: int, total_steps: int) -> float:
         """θ_t ← m·θ_t + (1−m)·θ_s with m = teacher_momentum(step, total_steps) (teacher encoder and head)."""
-        m = teacher_momentum(step, total_steps, self.momentum_base, self.momentum_final)
-        momentum_update_(self.key_encoder, self.encoder, m)
-        momentum_update_(self.key_head, self.head, m)
-        self.momentum_now.fill_(m)
+        return teacher_momentum(step, total_steps, self.momentum_base, self.momentum_final)
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """The teacher's EMA update; ``momentum_now`` records its coefficient."""
+        super().after_step(step, total_steps)
+        self.momentum_now.fill_(self.momentum_at(step, total_steps))
 
     def on_schedule(self, planned_epochs: int) -> None:
         """With warmup_teacher_temp_fraction > 0: warm-up epochs = max(1, round(fraction · planned epochs))."""
@@ -266,9 +267,9 @@ class DINO(Method):
             self.warmup_teacher_temp_epochs = replanned_point(self.warmup_teacher_temp_epochs, int(self.epoch),
                                                               self.warmup_teacher_temp_fraction, planned_epochs, 1)
 
-    def on_epoch_end(self, epoch: int, context=None) -> None:
+    def on_epoch_end(self, context: EpochContext) -> None:
         """Advance the epoch counter that drives the teacher temperature and the last-layer freeze."""
-        self.epoch.fill_(epoch + 1)
+        self.epoch.fill_(context.epoch + 1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         state_dict.setdefault(prefix + "warmup_epochs", self.warmup_epochs)  # checkpoints from before it was saved

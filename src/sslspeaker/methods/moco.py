@@ -22,17 +22,19 @@ otherwise meet a key of their own utterance, from the previous epoch, among the 
 
 from __future__ import annotations
 
-import copy
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributed import broadcast, gather_nograd, get_rank, get_world_size
-from .base import Method, momentum_update_
+from .base import Method
 from .losses import contrastive_logits, positive_cross_entropy, positive_top1
+from .options import Options, option
 from .registry import register_method
+from .views import check_views, embed_dim_of
 
 log = logging.getLogger(__name__)
 
@@ -51,59 +53,87 @@ def shuffle_permutation(n: int, seed: int, count: int) -> Tensor:
     return torch.randperm(n, generator=g)
 
 
+def keys_per_epoch(n_examples: int, global_batch_size: int, symmetric: bool) -> int:
+    """Keys enqueued in one epoch: full batches only, two keys per utterance when symmetric."""
+    return max(n_examples // global_batch_size, 1) * global_batch_size * (2 if symmetric else 1)
+
+
+@dataclass
+class MoCoOptions(Options):
+    """MoCo's options."""
+
+    queue_size: int = option(65536, "negatives kept in the FIFO queue (clamped to one epoch of keys)")
+    momentum: float = option(0.999, "key encoder EMA coefficient m (MoCo eq. 2)")
+    temperature: float = option(0.07, "InfoNCE temperature τ")
+    margin: float = option(0.0, "additive margin subtracted from the positive cosine")
+    projector: str = option("none", "head after the encoder: none | mlp")
+    proj_hidden: int = option(2048, "hidden width of the mlp projector")
+    proj_dim: int = option(128, "output width of the mlp projector")
+    symmetric: bool = option(False, "also use view 1 as query and view 0 as key")
+    exclude_own_keys: bool = option(True, "queued keys of the query's own utterance are not negatives")
+    bn_splits: int | None = option(None, "BN sub-batches per rank (shuffle BN); default 4, 1 under DDP")
+    seed: int | None = option(None, "queue and key-shuffle seed; default the trainer's torch seed")
+
+    def __post_init__(self) -> None:
+        if self.projector not in ("none", "mlp"):
+            raise ValueError(f"moco: projector must be 'none' or 'mlp', got {self.projector!r}")
+        if self.queue_size < 1 or not 0.0 <= self.momentum <= 1.0 or self.temperature <= 0.0:
+            raise ValueError(f"moco: need queue_size >= 1, 0 <= momentum <= 1, temperature > 0; got "
+                             f"{self.queue_size}, {self.momentum}, {self.temperature}")
+        if self.bn_splits is not None and self.bn_splits < 1:
+            raise ValueError(f"moco: bn_splits must be >= 1, got {self.bn_splits}")
+
+
+@dataclass
+class EncodedPairs:
+    """What MoCo's forward hands the loss hook: queries and keys of each (query view, key view) pair."""
+
+    queries: list[Tensor]  # [B, D] each, unit rows, with gradients
+    keys: list[Tensor]  # [B, D] each, unit rows, momentum encoder (no gradients)
+    queue: Tensor  # [K, D] the negatives before this batch's keys were enqueued
+    own: Tensor | None  # [B, K] bool: queued key of the query's own utterance (None: not excluded)
+    labels: Tensor | None  # [B] as the trainer passed them
+    index: Tensor | None  # [B] dataset indices
+
+
 @register_method("moco")
 class MoCo(Method):
     """MoCo/MoCoVox: InfoNCE between two segments of an utterance, negatives from a momentum-encoded queue."""
 
+    Options = MoCoOptions
     wants = ("index",)  # dataset indices: keys of the query's own utterance are not negatives
+    momentum_pairs = (("encoder", "key_encoder"), ("projector", "key_projector"))
+    log_names = ("loss", "pos_cos", "neg_cos", "top1")
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        *,
-        queue_size: int = 65536,
-        momentum: float = 0.999,
-        temperature: float = 0.07,
-        margin: float = 0.0,
-        projector: str = "none",
-        proj_hidden: int = 2048,
-        proj_dim: int = 128,
-        symmetric: bool = False,
-        exclude_own_keys: bool = True,
-        bn_splits: int | None = None,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(encoder)
-        if projector not in ("none", "mlp"):
-            raise ValueError(f"moco: projector must be 'none' or 'mlp', got {projector!r}")
-        if queue_size < 1 or not 0.0 <= momentum <= 1.0 or temperature <= 0.0:
-            raise ValueError(f"moco: need queue_size >= 1, 0 <= momentum <= 1, temperature > 0; got "
-                             f"{queue_size}, {momentum}, {temperature}")
-        if bn_splits is not None and bn_splits < 1:
-            raise ValueError(f"moco: bn_splits must be >= 1, got {bn_splits}")
-        if not hasattr(encoder, "embed_dim"):
-            raise ValueError("moco: the encoder must have an `embed_dim` attribute")
-        embed_dim = int(encoder.embed_dim)
-        self.momentum, self.temperature, self.margin = momentum, temperature, margin
-        self.symmetric, self._bn_splits = symmetric, bn_splits
-        self.exclude_own_keys = exclude_own_keys
-        self.projector = mlp_projector(embed_dim, proj_hidden, proj_dim) if projector == "mlp" else nn.Identity()
-        dim = proj_dim if projector == "mlp" else embed_dim
+    def __init__(self, encoder: nn.Module, options: MoCoOptions | None = None, **values) -> None:
+        super().__init__(encoder, options, **values)
+        o = self.options
+        embed_dim = embed_dim_of(self.name, encoder)
+        self.momentum, self.temperature, self.margin = o.momentum, o.temperature, o.margin
+        self.symmetric, self._bn_splits, self.exclude_own_keys = o.symmetric, o.bn_splits, o.exclude_own_keys
+        self.projector = mlp_projector(embed_dim, o.proj_hidden, o.proj_dim) if o.projector == "mlp" else nn.Identity()
+        self.make_momentum_copies()
+        self._init_queue(o.queue_size, o.proj_dim if o.projector == "mlp" else embed_dim, o.seed)
 
-        self.key_encoder = copy.deepcopy(encoder)
-        self.key_projector = copy.deepcopy(self.projector)
-        for p in [*self.key_encoder.parameters(), *self.key_projector.parameters()]:
-            p.requires_grad_(False)
-
+    def _init_queue(self, size: int, dim: int, seed: int | None) -> None:
         # Default: the trainer's torch.manual_seed, identical on every rank, so all ranks start
         # from the same queue and shuffle stream without a broadcast.
         seed = (torch.initial_seed() if seed is None else seed) & (2**63 - 1)
         g = torch.Generator().manual_seed(seed)
-        self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim, generator=g), dim=1))
-        self.register_buffer("queue_index", torch.full((queue_size,), -1, dtype=torch.long))  # -1: unknown
+        self.register_buffer("queue", F.normalize(torch.randn(size, dim, generator=g), dim=1))
+        self.register_buffer("queue_index", torch.full((size,), -1, dtype=torch.long))  # -1: unknown
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("shuffle_seed", torch.tensor(seed, dtype=torch.long))
         self.register_buffer("shuffle_count", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def fit_options_to_pool(cls, options: dict, n_examples: int, batch_size: int) -> dict:
+        """``queue_size`` capped at the keys one epoch of ``n_examples`` enqueues (see ``clamp_queue``)."""
+        fitted = dict(options)
+        limit = keys_per_epoch(n_examples, batch_size, bool(fitted.get("symmetric", False)))
+        if int(fitted.get("queue_size", cls.Options.queue_size)) > limit:
+            fitted["queue_size"] = limit
+        return fitted
 
     @property
     def bn_splits(self) -> int:
@@ -149,16 +179,43 @@ class MoCo(Method):
         self.shuffle_count += 1
         return broadcast(perm)  # rank 0's permutation is authoritative
 
-    # ---- loss -----------------------------------------------------------------------------
+    # ---- the forward: a template around one loss hook --------------------------------------
+    def forward(self, feats: Tensor, labels: Tensor | None = None,
+                index: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """feats: [B, V≥2, n_mels, frames], index: dataset indices [B] (optional); returns (loss, logs)
+        from ``loss`` and, when training, enqueues the keys."""
+        check_views(self.name, feats, 2)
+        # (query view, key view): [B, n_mels, frames] each; the symmetric loss swaps them too
+        views = [(feats[:, 0], feats[:, 1])] + ([(feats[:, 1], feats[:, 0])] if self.symmetric else [])
+        own = self.own_keys(index)  # [B, K] bool or None, against the queue before this batch
+        queue = self.queue.clone()  # [K, D]: enqueue overwrites the buffer before backward needs it
+        queries, keys, new_keys = [], [], []
+        for xq, xk in views:
+            queries.append(self.encode_queries(xq))  # [B, D], gradients
+            k, k_all = self.encode_keys(xk)  # [B, D] local keys, [world·B, D] keys of the global batch
+            keys.append(k)
+            new_keys.append(k_all)
+        loss, logs = self.loss(EncodedPairs(queries, keys, queue, own, labels, index))
+        if self.training:
+            self.enqueue(torch.cat(new_keys), self.key_indices(index, len(views)))
+        return loss, logs
+
+    def loss(self, pairs: EncodedPairs) -> tuple[Tensor, dict[str, float]]:
+        """The loss hook: InfoNCE of each pair against the queue, averaged over the pairs."""
+        parts = [self._contrast(q, k, pairs.queue, pairs.own) for q, k in zip(pairs.queries, pairs.keys)]
+        loss = torch.stack([p[0] for p in parts]).mean()
+        values = torch.stack([p[1] for p in parts]).mean(dim=0).tolist()  # one device sync for all logs
+        return loss, dict(zip(self.log_names, values))
+
     def own_keys(self, index: Tensor | None) -> Tensor | None:
         """[N, K] bool: queued key j comes from query i's own utterance (None when not excluded/unknown)."""
         if not self.exclude_own_keys or index is None:
             return None
         return self.queue_index[None, :] == index.to(self.queue_index.device).long()[:, None]
 
-    def _contrast(self, q: Tensor, k: Tensor, own: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        # clone: the queue is overwritten in place (enqueue) before backward needs it
-        logits = contrastive_logits(q, k, self.queue.clone(), self.temperature, self.margin)
+    def _contrast(self, q: Tensor, k: Tensor, queue: Tensor, own: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(InfoNCE of queries q [B, D] with positives k [B, D] and negatives queue [K, D], 4 logged stats)."""
+        logits = contrastive_logits(q, k, queue, self.temperature, self.margin)
         # own keys leave the denominator (−inf); the logged means are over all queued keys
         masked = logits if own is None else torch.cat([logits[:, :1], logits[:, 1:].masked_fill(own, -torch.inf)], 1)
         loss = positive_cross_entropy(masked)  # == info_nce(q, k, queue, τ, margin) without own keys
@@ -170,28 +227,6 @@ class MoCo(Method):
                 positive_top1(masked, torch.zeros_like(masked[:, 0], dtype=torch.long), self.margin, self.temperature),
             ])
         return loss, stats
-
-    def forward(self, feats: Tensor, labels: Tensor | None = None,
-                index: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """feats: [B, V≥2, n_mels, frames], index: dataset indices [B] (optional); returns (InfoNCE loss, logs)
-        and enqueues the keys when training."""
-        if feats.dim() != 4 or feats.shape[1] < 2:
-            raise ValueError(f"moco: feats must be [B, V>=2, n_mels, frames], got {tuple(feats.shape)}")
-        pairs = [(feats[:, 0], feats[:, 1])] + ([(feats[:, 1], feats[:, 0])] if self.symmetric else [])
-        own = self.own_keys(index)
-        losses, stats, new_keys = [], [], []
-        for xq, xk in pairs:
-            q = self.encode_queries(xq)
-            k, k_all = self.encode_keys(xk)
-            loss, s = self._contrast(q, k, own)
-            losses.append(loss)
-            stats.append(s)
-            new_keys.append(k_all)
-        if self.training:
-            self.enqueue(torch.cat(new_keys), self.key_indices(index, len(pairs)))
-        loss = torch.stack(losses).mean()
-        values = torch.stack(stats).mean(dim=0).tolist()  # one device sync for all logs
-        return loss, dict(zip(("loss", "pos_cos", "neg_cos", "top1"), values))
 
     # ---- state updates --------------------------------------------------------------------
     @staticmethod
@@ -213,10 +248,9 @@ class MoCo(Method):
         self.queue_index[idx] = index.to(self.queue_index.device)
         self.queue_ptr.add_(n).remainder_(size)
 
-    def after_step(self, step: int, total_steps: int) -> None:
-        """θ_k ← m·θ_k + (1−m)·θ_q (MoCo eq. 2) for the key encoder and key projector."""
-        momentum_update_(self.key_encoder, self.encoder, self.momentum)
-        momentum_update_(self.key_projector, self.projector, self.momentum)
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        """θ_k ← m·θ_k + (1−m)·θ_q (MoCo eq. 2) with a constant m, for the key encoder and key projector."""
+        return self.momentum
 
     def on_train_start(self, n_train_examples: int, global_batch_size: int) -> None:
         self.clamp_queue(n_train_examples, global_batch_size)
@@ -228,7 +262,7 @@ class MoCo(Method):
         negatives. Call before wrapping in DDP (the buffer is replaced). Returns the new K.
         """
         per_utt = 2 if self.symmetric else 1
-        limit = max(n_train_examples // global_batch_size, 1) * global_batch_size * per_utt
+        limit = keys_per_epoch(n_train_examples, global_batch_size, self.symmetric)
         size = self.queue.shape[0]
         if size <= limit:
             return size

@@ -13,74 +13,62 @@ loss = InfoNCE (MoCo) + supcon_weight · SupCon(τ = supcon_temperature, default
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from ..distributed import gather_nograd, gather_with_grad
 from .losses import supcon
-from .moco import MoCo
+from .moco import EncodedPairs, MoCo, MoCoOptions
+from .options import option
 from .registry import register_method
-from .views import global_mean, local_offset, require_labels, supcon_anchor_count
+from .views import local_offset, share_of_global_mean, require_labels, supcon_anchor_count
+
+
+@dataclass
+class MoCoSupConOptions(MoCoOptions):
+    """MoCo's options plus the SupCon term."""
+
+    supcon_weight: float = option(1.0, "weight w of SupCon in InfoNCE + w·SupCon")
+    supcon_temperature: float | None = option(None, "SupCon temperature; default MoCo's τ")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.supcon_weight < 0 or (self.supcon_temperature is not None and self.supcon_temperature <= 0):
+            raise ValueError(f"moco_supcon: need supcon_weight >= 0 and supcon_temperature > 0, got "
+                             f"{self.supcon_weight}, {self.supcon_temperature}")
 
 
 @register_method("moco_supcon")
 class MoCoSupCon(MoCo):
     """Semi-supervised: MoCo InfoNCE plus SupCon on the labelled rows (label >= 0) of the batch (needs labels)."""
 
+    Options = MoCoSupConOptions
     needs_labels = True
+    log_names = ("loss", "info_nce", "supcon", "pos_cos", "neg_cos", "top1", "labelled")
 
-    def __init__(self, encoder: nn.Module, *, supcon_weight: float = 1.0, supcon_temperature: float | None = None,
-                 **moco_options) -> None:
-        super().__init__(encoder, **moco_options)
-        if supcon_weight < 0 or (supcon_temperature is not None and supcon_temperature <= 0):
-            raise ValueError(f"moco_supcon: need supcon_weight >= 0 and supcon_temperature > 0, got "
-                             f"{supcon_weight}, {supcon_temperature}")
-        self.supcon_weight = float(supcon_weight)
-        self.supcon_temperature = float(supcon_temperature if supcon_temperature is not None else self.temperature)
+    def __init__(self, encoder: nn.Module, options: MoCoSupConOptions | None = None, **values) -> None:
+        super().__init__(encoder, options, **values)
+        o = self.options
+        self.supcon_weight = float(o.supcon_weight)
+        self.supcon_temperature = float(o.supcon_temperature if o.supcon_temperature is not None else self.temperature)
 
-    def forward(self, feats: Tensor, labels: Tensor | None = None,
-                index: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """feats: [B, V≥2, n_mels, frames], labels [B] (−1 = unlabelled), index [B] (dataset indices, optional);
-        returns (InfoNCE + w·SupCon, logs)."""
-        if feats.dim() != 4 or feats.shape[1] < 2:
-            raise ValueError(f"moco_supcon: feats must be [B, V>=2, n_mels, frames], got {tuple(feats.shape)}")
-        y = require_labels("moco_supcon", labels, feats.shape[0])
-        pairs = [(feats[:, 0], feats[:, 1])] + ([(feats[:, 1], feats[:, 0])] if self.symmetric else [])
-        own = self.own_keys(index)
-        losses, stats, new_keys, sc_rows = [], [], [], []
-        for xq, xk in pairs:
-            q = self.encode_queries(xq)
-            k, k_all = self.encode_keys(xk)
-            loss, s = self._contrast(q, k, own)
-            losses.append(loss)
-            stats.append(s)
-            new_keys.append(k_all)
-            sc_rows += [q, k]
-        if self.training:
-            self.enqueue(torch.cat(new_keys), self.key_indices(index, len(pairs)))
-        info_nce = torch.stack(losses).mean()
-
-        z = torch.cat(sc_rows)  # [q; k] per pair: 2·B rows (4·B if symmetric)
-        zy = y.repeat(len(sc_rows))
+    def loss(self, pairs: EncodedPairs) -> tuple[Tensor, dict[str, float]]:
+        """The loss hook: InfoNCE (MoCo) + w·SupCon over the queries and keys; labels [B], −1 = unlabelled."""
+        y = require_labels(self.name, pairs.labels, pairs.queries[0].shape[0])
+        parts = [self._contrast(q, k, pairs.queue, pairs.own) for q, k in zip(pairs.queries, pairs.keys)]
+        info_nce = torch.stack([p[0] for p in parts]).mean()
+        z = torch.cat([t for qk in zip(pairs.queries, pairs.keys) for t in qk])  # [q; k] per pair: 2·B rows (4·B if symmetric)
+        zy = y.repeat(2 * len(pairs.queries))
         sc_sum = supcon(z, zy, self.supcon_temperature, gather_with_grad(z), gather_nograd(zy),
                         local_offset(z.shape[0]), reduction="sum")
-        sc = global_mean(sc_sum, supcon_anchor_count(zy))
+        sc = share_of_global_mean(sc_sum, supcon_anchor_count(zy))
         loss = info_nce + self.supcon_weight * sc
-        values = torch.stack(stats).mean(dim=0)
+        values = torch.stack([p[1] for p in parts]).mean(dim=0)
         values = torch.cat([loss.detach()[None], values[:1], sc.detach()[None], values[1:],
                             (y >= 0).float().mean()[None]]).tolist()
-        return loss, dict(zip(("loss", "info_nce", "supcon", "pos_cos", "neg_cos", "top1", "labelled"), values))
+        return loss, dict(zip(self.log_names, values))
 
 
-def _signature() -> inspect.Signature:
-    # List MoCo's options explicitly so build_method rejects unknown ones by name.
-    own = list(inspect.signature(MoCoSupCon.__init__).parameters.values())[:4]  # self, encoder, 2 options
-    moco = list(inspect.signature(MoCo.__init__).parameters.values())[2:]
-    return inspect.Signature(own + moco)
-
-
-MoCoSupCon.__init__.__signature__ = _signature()  # type: ignore[attr-defined]
-
-__all__ = ["MoCoSupCon"]
+__all__ = ["MoCoSupCon", "MoCoSupConOptions"]

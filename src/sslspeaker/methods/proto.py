@@ -12,6 +12,8 @@ classified among all utterances of the global batch).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,17 +21,28 @@ from torch import Tensor, nn
 from ..distributed import gather_with_grad
 from .base import Method
 from .losses import angular_prototypical_logits, prototypical_logits
+from .options import Options, option
 from .registry import register_method
 from .views import check_views, encode_views, local_offset
 
 W_MIN = 1e-6
 
 
-class _Prototypical(Method):
-    name = ""
+@dataclass
+class AngProtoOptions(Options):
+    """Angular prototypical options."""
 
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__(encoder)
+    init_w: float = option(10.0, "initial scale w of the cosine logits (learned, kept > 0)")
+    init_b: float = option(-5.0, "initial bias b of the cosine logits (learned)")
+
+    def __post_init__(self) -> None:
+        if self.init_w <= 0:
+            raise ValueError(f"angproto: init_w must be > 0, got {self.init_w}")
+
+
+class _Prototypical(Method):
+    def __init__(self, encoder: nn.Module, options: Options | None = None, **values) -> None:
+        super().__init__(encoder, options, **values)
         self.head = nn.Identity()
 
     def logits(self, queries: Tensor, centroids: Tensor) -> Tensor:
@@ -52,8 +65,6 @@ class _Prototypical(Method):
 class Prototypical(_Prototypical):
     """Prototypical pretext task: query segment vs centroids of the other segments, logits −‖q − c‖²."""
 
-    name = "proto"
-
     def logits(self, queries: Tensor, centroids: Tensor) -> Tensor:
         return prototypical_logits(queries, centroids)
 
@@ -62,14 +73,12 @@ class Prototypical(_Prototypical):
 class AngularPrototypical(_Prototypical):
     """Angular prototypical pretext task: logits w·cos(q, c) + b with learnable w > 0, b."""
 
-    name = "angproto"
+    Options = AngProtoOptions
 
-    def __init__(self, encoder: nn.Module, *, init_w: float = 10.0, init_b: float = -5.0) -> None:
-        super().__init__(encoder)
-        if init_w <= 0:
-            raise ValueError(f"angproto: init_w must be > 0, got {init_w}")
-        self.w = nn.Parameter(torch.tensor(float(init_w)))
-        self.b = nn.Parameter(torch.tensor(float(init_b)))
+    def __init__(self, encoder: nn.Module, options: AngProtoOptions | None = None, **values) -> None:
+        super().__init__(encoder, options, **values)
+        self.w = nn.Parameter(torch.tensor(float(self.options.init_w)))
+        self.b = nn.Parameter(torch.tensor(float(self.options.init_b)))
 
     def logits(self, queries: Tensor, centroids: Tensor) -> Tensor:
         return angular_prototypical_logits(queries, centroids, self.w, self.b)

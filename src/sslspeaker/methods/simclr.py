@@ -17,58 +17,44 @@ BN batch statistics (no MoCo-style leakage: nothing here is encoded in a differe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributed import gather_with_grad
-from ..models.heads import build_head
 from .base import Method
 from .losses import nt_xent_logits, positive_top1
+from .options import option
 from .registry import register_method
-from .views import check_views, encode_views, local_offset
+from .views import ProjectorOptions, check_views, embed_dim_of, encode_views, local_offset, projection_head
 
 
-def projection_head(name: str, in_dim: int, hidden: int, out_dim: int) -> nn.Module:
-    """``none`` | ``linear`` (→ out_dim) | ``mlp`` (Linear → BN → ReLU → Linear, hidden → out_dim)."""
-    if name == "none":
-        return build_head("none", in_dim)
-    if name == "linear":
-        return build_head("linear", in_dim, out_dim=out_dim)
-    if name == "mlp":
-        return build_head("mlp", in_dim, hidden_dim=hidden, out_dim=out_dim)
-    raise ValueError(f"projector must be 'none', 'linear' or 'mlp', got {name!r}")
+@dataclass
+class SimCLROptions(ProjectorOptions):
+    """SimCLR's options."""
 
+    temperature: float = option(0.07, "NT-Xent temperature τ")
+    margin: float = option(0.0, "additive margin subtracted from the positive cosine (NT-Xent-AM)")
+    symmetric: bool = option(True, "both views are anchors (2N−2 negatives); false: view 0 only")
 
-def embed_dim_of(name: str, encoder: nn.Module) -> int:
-    if not hasattr(encoder, "embed_dim"):
-        raise ValueError(f"{name}: the encoder must have an `embed_dim` attribute")
-    return int(encoder.embed_dim)
+    def __post_init__(self) -> None:
+        if self.temperature <= 0.0:
+            raise ValueError(f"simclr: temperature must be > 0, got {self.temperature}")
 
 
 @register_method("simclr")
 class SimCLR(Method):
     """SimCLR: NT-Xent(-AM) between two segments of an utterance, in-batch negatives gathered from all ranks."""
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        *,
-        temperature: float = 0.07,
-        margin: float = 0.0,
-        symmetric: bool = True,
-        projector: str = "none",
-        proj_hidden: int = 2048,
-        proj_dim: int = 256,
-    ) -> None:
-        super().__init__(encoder)
-        if temperature <= 0.0:
-            raise ValueError(f"simclr: temperature must be > 0, got {temperature}")
-        self.temperature, self.margin, self.symmetric = float(temperature), float(margin), bool(symmetric)
-        try:
-            self.projector = projection_head(projector, embed_dim_of("simclr", encoder), proj_hidden, proj_dim)
-        except ValueError as exc:
-            raise ValueError(f"simclr: {exc}") from None
+    Options = SimCLROptions
+
+    def __init__(self, encoder: nn.Module, options: SimCLROptions | None = None, **values) -> None:
+        super().__init__(encoder, options, **values)
+        o = self.options
+        self.temperature, self.margin, self.symmetric = float(o.temperature), float(o.margin), bool(o.symmetric)
+        self.projector = projection_head(self.name, o, embed_dim_of(self.name, encoder))
 
     def embed(self, feats: Tensor) -> Tensor:
         """Unit embeddings of the first two views: [B, V, n_mels, frames] → [B, 2, D]."""

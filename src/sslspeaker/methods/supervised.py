@@ -14,6 +14,8 @@ naming the option.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,19 +23,62 @@ from torch import Tensor, nn
 from ..distributed import gather_nograd, gather_with_grad
 from .base import Method
 from .losses import aam_softmax_logits, am_softmax_logits, supcon
+from .options import Options, option
 from .registry import register_method
-from .simclr import embed_dim_of, projection_head
-from .views import check_views, encode_views, global_mean, local_offset, require_labels, supcon_anchor_count
+from .views import (ProjectorOptions, check_views, embed_dim_of, encode_views, local_offset, projection_head,
+                    require_labels, share_of_global_mean, supcon_anchor_count)
+
+
+@dataclass
+class ClassifierOptions(Options):
+    """A speaker classifier's options."""
+
+    n_classes: int = option(0, "number of training speakers (required)")
+
+
+@dataclass
+class MarginOptions(ClassifierOptions):
+    """A margin classifier's options."""
+
+    margin: float = option(0.2, "margin m on the target class")
+    scale: float = option(30.0, "logit scale s")
+
+    def __post_init__(self) -> None:
+        if self.scale <= 0 or self.margin < 0:
+            raise ValueError(f"need scale > 0 and margin >= 0, got scale={self.scale}, margin={self.margin}")
+
+
+@dataclass
+class AAMOptions(MarginOptions):
+    """AAM-softmax's options."""
+
+    easy_margin: bool = option(False, "apply the angular margin only where cos θ > 0")
+
+
+@dataclass
+class AAMSupConOptions(AAMOptions, ProjectorOptions):
+    """AAMSupCon's options."""
+
+    margin: float = option(0.3, "margin m on the target class")
+    scale: float = option(32.0, "logit scale s")
+    temperature: float = option(0.07, "SupCon temperature")
+    supcon_weight: float = option(1.0, "weight of SupCon in SupCon + AAM-softmax")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.temperature <= 0:
+            raise ValueError(f"aamsupcon: temperature must be > 0, got {self.temperature}")
 
 
 class _Classifier(Method):
     """Encoder + a classifier over ``n_classes`` speakers; subclasses define the logits."""
 
+    Options = ClassifierOptions
     needs_labels = True
-    name = ""
 
-    def __init__(self, encoder: nn.Module, n_classes: int) -> None:
-        super().__init__(encoder)
+    def __init__(self, encoder: nn.Module, options: ClassifierOptions | None = None, **values) -> None:
+        super().__init__(encoder, options, **values)
+        n_classes = self.options.n_classes
         if not isinstance(n_classes, int) or n_classes < 2:
             raise ValueError(f"{self.name}: set the option n_classes to the number of training speakers "
                              f"(method.options.n_classes), got {n_classes!r}")
@@ -72,7 +117,7 @@ class _Classifier(Method):
         y = self.labels_per_view(feats, labels)
         emb = encode_views(self.encoder, nn.Identity(), feats, normalize=False).flatten(0, 1)
         loss_sum, count, correct = self.classification_loss(emb, y)
-        loss = global_mean(loss_sum, count)  # mean over the labelled rows of all ranks
+        loss = share_of_global_mean(loss_sum, count)  # mean over the labelled rows of all ranks
         with torch.no_grad():
             stats = torch.stack([loss.detach(), correct.float() / count.clamp(min=1), count.float()])
         return loss, dict(zip(("loss", "acc", "labelled"), stats.tolist()))
@@ -82,11 +127,9 @@ class _Classifier(Method):
 class Softmax(_Classifier):
     """Supervised reference: linear softmax classifier over the training speakers (needs labels)."""
 
-    name = "softmax"
-
-    def __init__(self, encoder: nn.Module, *, n_classes: int = 0) -> None:
-        super().__init__(encoder, n_classes)
-        self.classifier = nn.Linear(self.embed_dim, n_classes)
+    def __init__(self, encoder: nn.Module, options: ClassifierOptions | None = None, **values) -> None:
+        super().__init__(encoder, options, **values)
+        self.classifier = nn.Linear(self.embed_dim, self.n_classes)
 
     def class_logits(self, emb: Tensor, labels: Tensor) -> Tensor:
         with torch.autocast(device_type=emb.device.type, enabled=False):
@@ -97,12 +140,12 @@ class Softmax(_Classifier):
 
 
 class _MarginSoftmax(_Classifier):
-    def __init__(self, encoder: nn.Module, n_classes: int, margin: float, scale: float) -> None:
-        super().__init__(encoder, n_classes)
-        if scale <= 0 or margin < 0:
-            raise ValueError(f"{self.name}: need scale > 0 and margin >= 0, got scale={scale}, margin={margin}")
-        self.margin, self.scale = float(margin), float(scale)
-        self.weight = nn.Parameter(torch.empty(n_classes, self.embed_dim))
+    Options = MarginOptions
+
+    def __init__(self, encoder: nn.Module, options: MarginOptions | None = None, **values) -> None:
+        super().__init__(encoder, options, **values)
+        self.margin, self.scale = float(self.options.margin), float(self.options.scale)
+        self.weight = nn.Parameter(torch.empty(self.n_classes, self.embed_dim))
         nn.init.xavier_normal_(self.weight, gain=1.0)
 
     def cosines(self, emb: Tensor) -> Tensor:
@@ -117,11 +160,6 @@ class _MarginSoftmax(_Classifier):
 class AMSoftmax(_MarginSoftmax):
     """Supervised reference: AM-softmax, logits s·(cos θ − m) for the target (needs labels)."""
 
-    name = "amsoftmax"
-
-    def __init__(self, encoder: nn.Module, *, n_classes: int = 0, margin: float = 0.2, scale: float = 30.0) -> None:
-        super().__init__(encoder, n_classes, margin, scale)
-
     def class_logits(self, emb: Tensor, labels: Tensor) -> Tensor:
         return am_softmax_logits(self.cosines(emb), labels, self.margin, self.scale)
 
@@ -130,12 +168,11 @@ class AMSoftmax(_MarginSoftmax):
 class AAMSoftmax(_MarginSoftmax):
     """Supervised reference: AAM-softmax (ArcFace), logits s·cos(θ + m) for the target (needs labels)."""
 
-    name = "aamsoftmax"
+    Options = AAMOptions
 
-    def __init__(self, encoder: nn.Module, *, n_classes: int = 0, margin: float = 0.2, scale: float = 30.0,
-                 easy_margin: bool = False) -> None:
-        super().__init__(encoder, n_classes, margin, scale)
-        self.easy_margin = bool(easy_margin)
+    def __init__(self, encoder: nn.Module, options: AAMOptions | None = None, **values) -> None:
+        super().__init__(encoder, options, **values)
+        self.easy_margin = bool(self.options.easy_margin)
 
     def class_logits(self, emb: Tensor, labels: Tensor) -> Tensor:
         return aam_softmax_logits(self.cosines(emb), labels, self.margin, self.scale, self.easy_margin)
@@ -145,19 +182,13 @@ class AAMSoftmax(_MarginSoftmax):
 class AAMSupCon(AAMSoftmax):
     """Supervised: SupCon over the augmented views of the (gathered) batch + AAM-softmax, summed (needs labels)."""
 
-    name = "aamsupcon"
+    Options = AAMSupConOptions
 
-    def __init__(self, encoder: nn.Module, *, n_classes: int = 0, margin: float = 0.3, scale: float = 32.0,
-                 easy_margin: bool = False, temperature: float = 0.07, supcon_weight: float = 1.0,
-                 projector: str = "none", proj_hidden: int = 2048, proj_dim: int = 256) -> None:
-        super().__init__(encoder, n_classes=n_classes, margin=margin, scale=scale, easy_margin=easy_margin)
-        if temperature <= 0:
-            raise ValueError(f"aamsupcon: temperature must be > 0, got {temperature}")
-        self.temperature, self.supcon_weight = float(temperature), float(supcon_weight)
-        try:
-            self.projector = projection_head(projector, self.embed_dim, proj_hidden, proj_dim)
-        except ValueError as exc:
-            raise ValueError(f"aamsupcon: {exc}") from None
+    def __init__(self, encoder: nn.Module, options: AAMSupConOptions | None = None, **values) -> None:
+        super().__init__(encoder, options, **values)
+        o = self.options
+        self.temperature, self.supcon_weight = float(o.temperature), float(o.supcon_weight)
+        self.projector = projection_head(self.name, o, self.embed_dim)
 
     def forward(self, feats: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """feats: [B, V≥2, n_mels, frames], labels [B]; loss = SupCon (views of the global batch) + AAM-softmax."""
@@ -165,11 +196,11 @@ class AAMSupCon(AAMSoftmax):
         y = self.labels_per_view(feats, labels)
         emb = encode_views(self.encoder, nn.Identity(), feats, normalize=False).flatten(0, 1)  # [B·V, D]
         aam_sum, count, correct = self.classification_loss(emb, y)
-        aam = global_mean(aam_sum, count)
+        aam = share_of_global_mean(aam_sum, count)
         z = F.normalize(self.projector(emb).float(), dim=1)
         sc_sum = supcon(z, y, self.temperature, gather_with_grad(z), gather_nograd(y), local_offset(z.shape[0]),
                         reduction="sum")
-        sc = global_mean(sc_sum, supcon_anchor_count(y))
+        sc = share_of_global_mean(sc_sum, supcon_anchor_count(y))
         loss = self.supcon_weight * sc + aam
         with torch.no_grad():
             stats = torch.stack([loss.detach(), sc.detach(), aam.detach(), correct.float() / count.clamp(min=1)])

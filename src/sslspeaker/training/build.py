@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..augment.augmenter import AugmentConfig, Augmenter
+from ..augment.augmenter import Augmenter
 from ..augment.noise import NoiseBank
 from ..augment.reverb import RirBank
 from ..config import Config, ConfigError, ManifestRef
 from ..data.audio import audio_info
+from ..data.dataset import SegmentDataset
 from ..data.manifest import Entry, read_manifest
 from ..data.prepare import scan
 from ..features.mel import LogMel
@@ -43,14 +45,14 @@ def load_all(refs: list[ManifestRef]) -> list[Entry]:
 
 
 def build_augmenter(cfg: Config, seed: int) -> Augmenter | None:
+    """The configured augmentation with its noise and RIR banks; None when it changes nothing."""
     a = cfg.augment
     if a.mode == "none" and a.bandlimit == 0 and a.eq == 0:
         return None
     noise = NoiseBank(load_all(a.noise)) if a.noise and a.mode != "none" else None
     rir = RirBank(load_all(a.rir)) if a.rir and a.mode != "none" else None
     try:
-        config = AugmentConfig(bandlimit_p=a.bandlimit, bandlimit_hz=tuple(a.bandlimit_hz), eq_p=a.eq, eq_db=a.eq_db)
-        return Augmenter(config, noise, rir, mode=a.mode, apply_to=a.apply_to, seed=seed)
+        return Augmenter(a, noise, rir, mode=a.mode, apply_to=a.apply_to, seed=seed)
     except ValueError as exc:
         raise ConfigError(f"augment: {exc}") from None
 
@@ -70,14 +72,41 @@ def build_features(cfg: Config) -> LogMel:
 
 
 def build_model(cfg: Config) -> Method:
+    """The configured method around the configured encoder (bad options: ``ConfigError`` naming the section)."""
     try:
         encoder = build_encoder(cfg.model.encoder, n_mels=cfg.features.n_mels, **cfg.model.options)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model: {exc}") from None
     try:
         return build_method(cfg.method.name, encoder, **cfg.method.options)
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:
         raise ConfigError(f"method: {exc}") from None
+
+
+@dataclass
+class TrainingParts:
+    """What a training run is made of, built from its config (in this order: the RNG draws depend on it)."""
+
+    augmenter: Augmenter | None
+    method: Method
+    dataset: SegmentDataset
+    features: LogMel
+
+
+def build_parts(cfg: Config) -> TrainingParts:
+    """Data, augmentation, method and features of ``cfg`` (call after seeding torch with ``train.seed``)."""
+    seed = cfg.train.seed
+    entries = load_all(cfg.data.train)
+    augmenter = build_augmenter(cfg, seed)
+    on_worker = augmenter is not None and not cfg.augment.on_device
+    method = build_model(cfg)
+    d = cfg.data
+    dataset = SegmentDataset(entries, d.crop_seconds, d.n_views, seed,
+                             augment=worker_augment(augmenter) if on_worker else None,
+                             with_labels=method.needs_labels, local_crop_seconds=d.local_crop_seconds,
+                             n_local_views=d.n_local_views, labelled_fraction=d.labelled_fraction,
+                             cache_bytes=d.cache_gb * 1e9)
+    return TrainingParts(augmenter, method, dataset, build_features(cfg))
 
 
 def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:

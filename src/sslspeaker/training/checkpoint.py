@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..fileio import atomic_open
 from ..runs import load_checkpoint  # noqa: F401  (the checkpoint format lives below training)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write to a temporary file, fsync, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    """Written atomically (``fileio.atomic_open``): a crash never leaves a half-written file."""
+    with atomic_open(path, "wb") as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:

@@ -12,25 +12,28 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..errors import Stopped
+from ..runs import RUN_CHECKPOINT
 from .. import distributed as dist_utils
 from ..config import Config, ConfigError, config_from_dict, save_config, to_dict
-from ..data.dataset import EpochBatchSampler, SegmentDataset, collate
+from ..data.dataset import EpochBatchSampler, collate
 from ..data.manifest import read_trials, resolve
 from ..evaluation.embeddings import embed_files
 from ..evaluation.scoring import metrics_from_scores, score_trials, trial_labels
-from .build import (build_augmenter, build_features, build_model, build_optimizer, build_scheduler, load_all,
-                    worker_augment)
+from ..methods.base import EpochContext
+from .build import TrainingParts, build_optimizer, build_parts, build_scheduler
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoints/last.pt"
+CHECKPOINT = RUN_CHECKPOINT  # the run layout is written once, in runs.py
 
 
 class TrainingStopped(Stopped):
@@ -81,18 +84,54 @@ def _single_threaded(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+@dataclass
+class _Run:
+    """The bookkeeping of one ``Trainer.train`` call."""
+
+    bar: Any
+    max_minutes: float | None
+    stop_after_steps: int | None
+    fit: bool  # re-plan the epochs to the time budget (train.fit_to_budget)
+    start: float = field(default_factory=lambda: time.perf_counter())
+    nonfinite: int = 0  # non-finite losses in a row
+    examples: int = 0
+    rate_t0: float = field(default_factory=lambda: time.perf_counter())
+    epoch_seconds: list[float] = field(default_factory=list)  # wall time per full epoch, epoch-end work included
+    epoch_t0: float = field(default_factory=lambda: time.perf_counter())
+    epoch_step0: int = 0
+    stopped: bool = False
+
+    def over(self, step: int) -> bool:
+        """The time or step limit is reached."""
+        out_of_time = self.max_minutes is not None and time.perf_counter() - self.start > 60 * self.max_minutes
+        return out_of_time or (self.stop_after_steps is not None and step >= self.stop_after_steps)
+
+
 class Trainer:
     def __init__(self, cfg: Config, out_dir: str | os.PathLike, resume: bool = False):
         self.out = Path(out_dir)
-        ckpt = None
-        if resume:
-            if not (self.out / CHECKPOINT).is_file():
-                raise FileNotFoundError(f"--resume: no checkpoint at {self.out / CHECKPOINT}")
-            ckpt = load_checkpoint(self.out / CHECKPOINT)
-            cfg = config_from_dict(ckpt["config"])  # the run continues with the config it started with
-        self.cfg = cfg
-        t = cfg.train
-        self.device = _device(cfg)
+        ckpt = self._checkpoint_to_resume() if resume else None
+        self.cfg = config_from_dict(ckpt["config"]) if ckpt is not None else cfg  # a resumed run keeps its config
+        self._set_up_process()
+        self._take_parts(build_parts(self.cfg))
+        self._set_up_model()
+        self._set_up_optimisation()
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.history: list[dict] = []
+        if ckpt is not None:
+            self._restore(ckpt)
+        self._set_up_outputs()
+
+    # ---- set-up stages ------------------------------------------------------------------------
+    def _checkpoint_to_resume(self) -> dict:
+        if not (self.out / CHECKPOINT).is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.out / CHECKPOINT}")
+        return load_checkpoint(self.out / CHECKPOINT)
+
+    def _set_up_process(self) -> None:
+        """Device, precision, process group, threads and the torch seed."""
+        t = self.cfg.train
+        self.device = _device(self.cfg)
         self.precision = effective_precision(t.precision, self.device)
         _init_distributed(self.device)
         self.rank, self.world = dist_utils.get_rank(), dist_utils.get_world_size()
@@ -100,22 +139,20 @@ class Trainer:
             torch.set_num_threads(t.threads)
         torch.manual_seed(t.seed)
 
-        entries = load_all(cfg.data.train)
-        self.augmenter = build_augmenter(cfg, t.seed)
-        on_worker = self.augmenter is not None and not cfg.augment.on_device
-        self.method = build_model(cfg)
-        self.dataset = SegmentDataset(entries, cfg.data.crop_seconds, cfg.data.n_views, t.seed,
-                                      augment=worker_augment(self.augmenter) if on_worker else None,
-                                      with_labels=self.method.needs_labels,
-                                      local_crop_seconds=cfg.data.local_crop_seconds,
-                                      n_local_views=cfg.data.n_local_views,
-                                      labelled_fraction=cfg.data.labelled_fraction,
-                                      cache_bytes=cfg.data.cache_gb * 1e9)
-        self.sampler = EpochBatchSampler(len(entries), t.batch_size, t.seed, self.rank, self.world)
+    def _take_parts(self, parts: TrainingParts) -> None:
+        """The built parts, the batch order over the dataset and the epoch plan."""
+        t = self.cfg.train
+        self.augmenter, self.method, self.dataset = parts.augmenter, parts.method, parts.dataset
+        n = len(self.dataset.entries)
+        self.sampler = EpochBatchSampler(n, t.batch_size, t.seed, self.rank, self.world)
         self.steps_per_epoch = self.sampler.batches_per_epoch()
         self.planned_epochs = t.epochs  # re-planned from measured time under train.fit_to_budget
-        self.method.on_train_start(len(entries), t.batch_size * self.world)
-        self.features = build_features(cfg).to(self.device)
+        self.method.on_train_start(n, t.batch_size * self.world)
+        self.features = parts.features.to(self.device)
+
+    def _set_up_model(self) -> None:
+        """Initial weights, device and memory format, DDP wrapping, compiled encoders."""
+        t = self.cfg.train
         if t.init_from:
             self._init_encoder(t.init_from)
         self.method.to(self.device)
@@ -127,21 +164,26 @@ class Trainer:
                 self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False)
         if t.compile:
-            # Compile the encoders in place (state_dict keys unchanged), not the method: its queue
-            # and momentum updates are in-place bookkeeping that graph capture would reorder.
-            # Static shapes: training has a fixed few (global and local crops), one graph each; with
-            # automatic dynamic shapes Inductor failed on DINO's two crop lengths (torch 2.13).
-            for name in ("encoder", "key_encoder"):
-                if isinstance(getattr(self.method, name, None), torch.nn.Module):
-                    getattr(self.method, name).compile(dynamic=False)
+            self._compile_encoders()
         self.forward = self.model
-        self.optimizer = build_optimizer(cfg, self.method.parameters())
-        self.scheduler = build_scheduler(cfg, self.optimizer, lambda: self.total_steps)
+
+    def _compile_encoders(self) -> None:
+        # Compile the encoders in place (state_dict keys unchanged), not the method: its queue
+        # and momentum updates are in-place bookkeeping that graph capture would reorder.
+        # Static shapes: training has a fixed few (global and local crops), one graph each; with
+        # automatic dynamic shapes Inductor failed on DINO's two crop lengths (torch 2.13).
+        copies = [target for online, target in self.method.momentum_pairs if online == "encoder"]
+        for name in ("encoder", *copies):
+            getattr(self.method, name).compile(dynamic=False)
+
+    def _set_up_optimisation(self) -> None:
+        self.optimizer = build_optimizer(self.cfg, self.method.parameters())
+        self.scheduler = build_scheduler(self.cfg, self.optimizer, lambda: self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.history: list[dict] = []
-        if ckpt is not None:
-            self._restore(ckpt)
+
+    def _set_up_outputs(self) -> None:
+        """The run folder, its resolved config, TensorBoard, and a note when the precision fell back."""
+        t = self.cfg.train
         self.out.mkdir(parents=True, exist_ok=True)
         if self.is_main:
             save_config(self.cfg, self.out / "config.yaml")
@@ -167,8 +209,7 @@ class Trainer:
         missing, unexpected = self.method.encoder.load_state_dict(enc, strict=False)
         if missing:
             raise ConfigError(f"train.init_from={path}: encoder weights missing {missing[:3]}...")
-        if hasattr(self.method, "key_encoder"):  # momentum copies start from the same weights
-            self.method.key_encoder.load_state_dict(self.method.encoder.state_dict())
+        self.method.sync_momentum_copy("encoder")  # momentum copies start from the same weights
 
     def state_dict(self) -> dict:
         return {
@@ -247,85 +288,114 @@ class Trainer:
 
     def train(self, max_minutes: float | None = None, stop_after_steps: int | None = None) -> dict:
         """Run to the end (or the time/step limit, with a checkpoint); returns the last metrics."""
-        t = self.cfg.train
-        start = time.perf_counter()
-        nonfinite = 0
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not self.is_main,
                    dynamic_ncols=True, mininterval=2.0)
-        examples, rate_t0 = 0, time.perf_counter()
+        run = _Run(bar, max_minutes, stop_after_steps, self.cfg.train.fit_to_budget and max_minutes is not None,
+                   epoch_step0=self.step)
         self.method.train()
-        stopped = False
-        fit = t.fit_to_budget and max_minutes is not None
-        epoch_seconds: list[float] = []  # wall time per full epoch, epoch-end work included
-        epoch_t0, epoch_step0 = time.perf_counter(), self.step
         self.method.on_schedule(self.planned_epochs)
-        while self.epoch < self.planned_epochs and not stopped:
-            for batch in self._loader():
-                self.batch_in_epoch += 1  # consumed, even if its step is skipped below
-                feats = self._features(batch["wave"])
-                if t.channels_last:
-                    feats = feats.contiguous()
-                labels = batch.get("label")
-                labels = labels.to(self.device) if labels is not None else None
-                extras = {}
-                if "index" in self.method.wants:
-                    extras["index"] = batch["index"].to(self.device)
-                if "local_feats" in self.method.wants and "local" in batch:
-                    extras["local_feats"] = self._features(batch["local"])
-                with _autocast(self.precision, self.device):
-                    loss, logs = self.forward(feats, labels, **extras)
-                if not torch.isfinite(loss):
-                    nonfinite += 1
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self._log({"step": self.step, "event": "non-finite loss", "in_a_row": nonfinite})
-                    if nonfinite >= t.max_nonfinite:
-                        bar.close()
-                        raise TrainingStopped(f"{nonfinite} non-finite losses in a row at step {self.step}; "
-                                              f"last good checkpoint: {self.out / CHECKPOINT}")
-                    continue
-                nonfinite = 0
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if self.cfg.optim.grad_clip > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
-                        self.method.parameters(), self.cfg.optim.grad_clip))
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                self.method.after_step(self.step, self.total_steps)
-                self.step += 1
-                examples += feats.shape[0] * self.world
-                if self.step % t.log_every == 0 or self.step == 1:
-                    rate = examples / max(1e-9, time.perf_counter() - rate_t0)
-                    rec = {"step": self.step, "epoch": self.epoch, "loss": float(loss.detach()), "lr":
-                           self.optimizer.param_groups[0]["lr"], "examples_per_s": round(rate, 2), **logs}
-                    self._log(rec)
-                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}", ex_s=f"{rate:.1f}", ep=self.epoch)
-                bar.update(1)
-                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
-                    self.save()
-                out_of_time = max_minutes is not None and time.perf_counter() - start > 60 * max_minutes
-                if out_of_time or (stop_after_steps is not None and self.step >= stop_after_steps):
-                    stopped = True
-                    break
-            if stopped and self.batch_in_epoch < self.steps_per_epoch:
-                break
-            self.method.on_epoch_end(self.epoch, self)
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            v = self.cfg.validation
-            if v.trials and v.every_epochs and self.epoch % v.every_epochs == 0 and self.is_main:
-                self._log({"step": self.step, "epoch": self.epoch, **self.validate()})
-            if fit:
-                now = time.perf_counter()
-                epoch_seconds.append((now - epoch_t0) * self.steps_per_epoch / max(1, self.step - epoch_step0))
-                epoch_t0, epoch_step0 = now, self.step
-                self._fit_to_budget(epoch_seconds, 60 * max_minutes - (now - start), bar)
-            self.save()
+        while self.epoch < self.planned_epochs and not run.stopped:
+            self._train_epoch(run)
+            if run.stopped and self.batch_in_epoch < self.steps_per_epoch:
+                break  # stopped mid-epoch: the checkpoint resumes inside it
+            self._end_epoch(run)
         bar.close()
         self.save()
+        return self._result(run)
+
+    def _train_epoch(self, run: _Run) -> None:
+        """The rest of the current epoch's batches, until the time or step limit."""
+        for batch in self._loader():
+            if self._step(batch, run) and run.over(self.step):
+                run.stopped = True
+                break
+
+    def _step(self, batch: dict, run: _Run) -> bool:
+        """One optimiser step on ``batch``; False when its loss was not finite (the step is skipped)."""
+        self.batch_in_epoch += 1  # consumed, even if its step is skipped below
+        feats, labels, extras = self._inputs(batch)
+        with _autocast(self.precision, self.device):
+            loss, logs = self.forward(feats, labels, **extras)
+        if not torch.isfinite(loss):
+            self._skip_nonfinite(run)
+            return False
+        run.nonfinite = 0
+        self._optimise(loss, logs)
+        self.method.after_step(self.step, self.total_steps)
+        self.step += 1
+        run.examples += feats.shape[0] * self.world
+        t = self.cfg.train
+        if self.step % t.log_every == 0 or self.step == 1:
+            self._log_step(loss, logs, run)
+        run.bar.update(1)
+        if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+            self.save()
+        return True
+
+    def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+        """(features [B, V, n_mels, frames], labels [B] or None, the extra fields the method wants)."""
+        feats = self._features(batch["wave"])
+        if self.cfg.train.channels_last:
+            feats = feats.contiguous()
+        labels = batch.get("label")
+        labels = labels.to(self.device) if labels is not None else None
+        extras = {}
+        if "index" in self.method.wants:
+            extras["index"] = batch["index"].to(self.device)
+        if "local_feats" in self.method.wants and "local" in batch:
+            extras["local_feats"] = self._features(batch["local"])
+        return feats, labels, extras
+
+    def _skip_nonfinite(self, run: _Run) -> None:
+        run.nonfinite += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self._log({"step": self.step, "event": "non-finite loss", "in_a_row": run.nonfinite})
+        if run.nonfinite >= self.cfg.train.max_nonfinite:
+            run.bar.close()
+            raise TrainingStopped(f"{run.nonfinite} non-finite losses in a row at step {self.step}; "
+                                  f"last good checkpoint: {self.out / CHECKPOINT}")
+
+    def _optimise(self, loss: torch.Tensor, logs: dict) -> None:
+        """Backward, optional gradient clipping (its norm logged), optimiser and LR-schedule step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(),
+                                                                     self.cfg.optim.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def _log_step(self, loss: torch.Tensor, logs: dict, run: _Run) -> None:
+        rate = run.examples / max(1e-9, time.perf_counter() - run.rate_t0)
+        self._log({"step": self.step, "epoch": self.epoch, "loss": float(loss.detach()),
+                   "lr": self.optimizer.param_groups[0]["lr"], "examples_per_s": round(rate, 2), **logs})
+        run.bar.set_postfix(loss=f"{float(loss.detach()):.3f}", ex_s=f"{rate:.1f}", ep=self.epoch)
+
+    def _end_epoch(self, run: _Run) -> None:
+        """The method's epoch-end work, validation when due, the re-plan to the budget, a checkpoint."""
+        self.method.on_epoch_end(self.epoch_context())
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        v = self.cfg.validation
+        if v.trials and v.every_epochs and self.epoch % v.every_epochs == 0 and self.is_main:
+            self._log({"step": self.step, "epoch": self.epoch, **self.validate()})
+        if run.fit:
+            now = time.perf_counter()
+            run.epoch_seconds.append((now - run.epoch_t0) * self.steps_per_epoch / max(1, self.step - run.epoch_step0))
+            run.epoch_t0, run.epoch_step0 = now, self.step
+            self._fit_to_budget(run.epoch_seconds, 60 * run.max_minutes - (now - run.start), run.bar)
+        self.save()
+
+    def epoch_context(self) -> EpochContext:
+        """What the method is told at the end of the current epoch."""
+        return EpochContext(epoch=self.epoch, planned_epochs=self.planned_epochs, step=self.step,
+                            steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps, device=self.device,
+                            embed_training_set=self.embed_training_set)
+
+    def _result(self, run: _Run) -> dict:
         result = {"step": self.step, "epoch": self.epoch, "finished": self.epoch >= self.planned_epochs,
-                  "minutes": round((time.perf_counter() - start) / 60, 2)}
+                  "minutes": round((time.perf_counter() - run.start) / 60, 2)}
         if self.history:
             result.update(self.history[-1])
         return result

@@ -1,0 +1,255 @@
+"""One function per stage kind: train, pseudolabel, backend, calibrate; and the final model.
+
+Each takes a ``StageContext`` and returns the stage's outputs (paths and figures) for the report.
+
+- ``train``: a training recipe with the stage's overrides, started from the latest trained
+  encoder (``train.init_from``) and, for a method that reads labels, trained on the latest
+  pseudo-labels (``data.train`` and the class count replaced); resumed from its checkpoint when
+  the folder holds one.
+- ``pseudolabel``: ``sslspeaker pseudolabel`` on the pool with the latest trained model.
+- ``backend``: embeds the latest pseudo-labelled utterances with the latest model, holds out
+  ``options.calibration_share`` of the pseudo-speakers (whole clusters: unseen speakers, as in a
+  test) and fits the back-end chain on the rest.
+- ``calibrate``: scores pairs among the held-out pseudo-speakers (same cluster = target) and
+  fits the logistic calibration, so no labelled trial is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Config, ConfigError, build_dataclass, merge_trees, parse_overrides, read_recipe
+from ..data.manifest import read_manifest, write_manifest
+from .config import latest
+from .runner import StageContext
+
+log = logging.getLogger(__name__)
+
+BACKEND_FILE = "backend.safetensors"
+EMBEDDINGS_FILE = "embeddings.npz"
+
+
+# ---- shared pieces ---------------------------------------------------------------------------
+def pool_manifest(ctx: StageContext) -> Path:
+    """The pool as one manifest of absolute paths (``OUT/pool.csv``), written once."""
+    from ..training.build import load_all
+
+    path = ctx.state.out / "pool.csv"
+    if not path.is_file():
+        entries = load_all(ctx.cfg.pool)
+        if len(entries) < 2:
+            raise ConfigError(f"pool: {len(entries)} usable utterance(s)")
+        write_manifest(path, entries, relative=False)
+    return path
+
+
+def stage_run(ctx: StageContext, kind: str, named: str | None) -> tuple[str, dict]:
+    """(name, outputs) of the latest earlier stage of ``kind`` (or the one ``named``)."""
+    st = latest(ctx.cfg, ctx.index, kind, named)
+    if st is None:
+        raise ConfigError(f"stage {ctx.stage.name}: no earlier {kind} stage")
+    return st.name, ctx.output_of(st.name)
+
+
+def recipe_path(ctx: StageContext) -> Path:
+    p = Path(ctx.stage.recipe)
+    return p if p.is_absolute() else Path(ctx.cfg.recipe_dir) / p
+
+
+# ---- train -----------------------------------------------------------------------------------
+def training_config(ctx: StageContext) -> Config:
+    """The stage's training config: its recipe, its overrides, then what the pipeline wires in."""
+    from ..methods.registry import method_class
+
+    path = recipe_path(ctx)
+    tree = merge_trees(read_recipe(path), parse_overrides(list(ctx.stage.overrides)))
+    wired: dict = {"validation": {"trials": None}, "train": {"fit_to_budget": True}}
+    if ctx.cfg.device != "auto":
+        wired["train"]["device"] = ctx.cfg.device
+    if any(s.kind == "train" for s in ctx.cfg.stages[:ctx.index]):
+        wired["train"]["init_from"] = stage_run(ctx, "train", ctx.stage.init_from)[1]["run"]
+    if method_class(tree.get("method", {}).get("name", "moco")).needs_labels:
+        _, labels = stage_run(ctx, "pseudolabel", ctx.stage.labels_from)
+        wired["data"] = {"train": [labels["manifest"]]}
+        wired["method"] = {"options": {"n_classes": labels["speakers"]}}
+    else:
+        wired["data"] = {"train": [str(pool_manifest(ctx))]}
+    try:
+        return build_dataclass(Config, merge_trees(tree, wired), "")
+    except ConfigError as exc:
+        raise ConfigError(f"stage {ctx.stage.name} ({path}): {exc}") from None
+
+
+def run_train(ctx: StageContext) -> dict:
+    from ..runs import run_checkpoint
+    from ..training.trainer import train
+
+    cfg = training_config(ctx)
+    resume = run_checkpoint(ctx.folder).is_file()
+    result = train(cfg, ctx.folder, resume=resume, max_minutes=ctx.minutes)
+    return {"run": str(ctx.folder), "steps": result["step"], "epochs": result["epoch"],
+            "planned_minutes": round(ctx.minutes or 0.0, 2), "method": cfg.method.name,
+            "encoder": cfg.model.encoder, "init_from": cfg.train.init_from}
+
+
+# ---- pseudolabel -----------------------------------------------------------------------------
+def run_pseudolabel(ctx: StageContext) -> dict:
+    from ..pseudolabel.run import PseudoLabelOptions, pseudolabel
+
+    st = ctx.stage
+    _, model = stage_run(ctx, "train", st.model_from)
+    clusters = st.clusters if st.clusters == "auto" else int(st.clusters)
+    try:
+        opts = PseudoLabelOptions(clusters=clusters, algorithm=st.algorithm, device=ctx.cfg.device, force=True,
+                                  **st.options)
+    except TypeError as exc:
+        raise ConfigError(f"stage {st.name}.options: {exc}") from None
+    report = pseudolabel(model["run"], pool_manifest(ctx), ctx.folder, opts)
+    manifest = ctx.folder / "manifest.csv"
+    speakers = len({e.speaker for e in read_manifest(manifest)})
+    return {"manifest": str(manifest), "model": model["run"], "speakers": speakers,
+            "k": report["clustering"]["k"], "k_found_by": report["clustering"].get("k_found_by"),
+            "kept": report["kept"]["utterances"], "dropped": report["dropped"]["utterances"],
+            "diagnostics": report.get("diagnostics")}
+
+
+# ---- backend and calibration -----------------------------------------------------------------
+def held_out_speakers(speakers: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """A seeded mask of utterances whose pseudo-speaker is among the held-out ``share`` of speakers."""
+    names = np.unique(speakers)
+    rng = np.random.default_rng(seed)
+    n_out = int(round(share * len(names)))
+    if share > 0 and not 2 <= n_out < len(names) - 1:
+        raise ConfigError(f"calibration_share={share}: {n_out} of {len(names)} pseudo-speakers held out "
+                          "(needs at least 2 held out and 2 kept)")
+    out = set(rng.choice(names, size=n_out, replace=False)) if n_out else set()
+    return np.array([s in out for s in speakers])
+
+
+def embed_labelled(ctx: StageContext, model_run: str, manifest: str) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and pseudo-speakers of a pseudo-label manifest's utterances, cached in the stage folder."""
+    from ..inference.model import SpeakerEncoder
+    from ..pseudolabel.run import embed_pool
+
+    cache = ctx.folder / EMBEDDINGS_FILE
+    entries = read_manifest(manifest)
+    speakers = np.array([e.speaker for e in entries])
+    if cache.is_file():
+        with np.load(cache) as z:
+            if z["model"].item() == model_run and len(z["emb"]) == len(entries):
+                return z["emb"], speakers
+    encoder = SpeakerEncoder.load(model_run, ctx.cfg.device)
+    emb, _ = embed_pool(encoder, entries)
+    ctx.folder.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, emb=emb, model=np.array(model_run))
+    return emb, speakers
+
+
+def save_chain(chain, folder: Path) -> Path:
+    from safetensors.numpy import save_file
+
+    from ..fileio import atomic_path
+
+    config, arrays = chain.to_state()
+    path = folder / BACKEND_FILE
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp),
+                  metadata={"backend": json.dumps(config)})
+    return path
+
+
+def load_chain(path: str | Path):
+    from safetensors import safe_open
+
+    from ..backends import BackendChain
+
+    with safe_open(str(path), framework="numpy") as f:
+        config = json.loads(f.metadata()["backend"])
+        arrays = {k: f.get_tensor(k) for k in f.keys()}
+    return BackendChain.from_state(config, arrays)
+
+
+def run_backend(ctx: StageContext) -> dict:
+    from ..backends import BackendChain
+
+    st = ctx.stage
+    _, model = stage_run(ctx, "train", st.model_from)
+    _, labels = stage_run(ctx, "pseudolabel", st.labels_from)
+    emb, speakers = embed_labelled(ctx, model["run"], labels["manifest"])
+    share = float(st.options.get("calibration_share", 0.2))
+    held = held_out_speakers(speakers, share, int(st.options.get("seed", 0)))
+    chain = BackendChain.build(list(st.chain)).fit(emb[~held], speakers[~held])
+    path = save_chain(chain, ctx.folder)
+    write_manifest(ctx.folder / "held_out.csv", [e for e, h in zip(read_manifest(labels["manifest"]), held) if h],
+                   relative=False)
+    return {"backend": str(path), "name": chain.name, "model": model["run"], "fit_utterances": int((~held).sum()),
+            "fit_speakers": int(len(np.unique(speakers[~held]))), "held_out": str(ctx.folder / "held_out.csv"),
+            "held_out_utterances": int(held.sum())}
+
+
+def calibration_pairs(speakers: np.ndarray, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, label) index pairs among utterances: every same-speaker pair up to ``max_pairs``, and as many
+    different-speaker pairs drawn at random."""
+    rng = np.random.default_rng(seed)
+    i, j = np.triu_indices(len(speakers), k=1)
+    same = speakers[i] == speakers[j]
+    tar = np.flatnonzero(same)
+    non = np.flatnonzero(~same)
+    tar = rng.choice(tar, size=min(len(tar), max_pairs), replace=False)
+    non = rng.choice(non, size=min(len(non), max(len(tar), 1)), replace=False)
+    pick = np.concatenate([tar, non])
+    return i[pick], j[pick], same[pick].astype(int)
+
+
+def run_calibrate(ctx: StageContext) -> dict:
+    st = ctx.stage
+    name, backend = stage_run(ctx, "backend", None)
+    chain = load_chain(backend["backend"])
+    emb, speakers = embed_labelled(ctx, backend["model"], backend["held_out"])
+    i, j, y = calibration_pairs(speakers, int(st.options.get("max_pairs", 20000)), int(st.options.get("seed", 0)))
+    if y.sum() == 0 or y.sum() == len(y):
+        raise ConfigError(f"stage {st.name}: the held-out pseudo-speakers give no target or no non-target pair")
+    fit_prior = float(st.options.get("fit_prior", 0.5))
+    chain.calibrate(emb[i], emb[j], y, prior=fit_prior)
+    path = save_chain(chain, ctx.folder)
+    return {"backend": str(path), "name": chain.name, "model": backend["model"], "from": name,
+            "pairs": int(len(y)), "target_pairs": int(y.sum()), "fit_prior": fit_prior, "prior": st.prior,
+            "calibration": chain.to_state()[0]["calibration"]}
+
+
+# ---- dev figures and the final model ---------------------------------------------------------
+def dev_figures(ctx: StageContext, outputs: dict) -> dict | None:
+    """The dev trials scored after a stage that changes the verifier (report only; None without dev trials)."""
+    from ..evaluation.evaluate import evaluate
+
+    dev = ctx.cfg.dev
+    if not dev.trials or ctx.stage.kind == "pseudolabel":
+        return None
+    backend = load_chain(outputs["backend"]) if "backend" in outputs else None
+    model = outputs.get("run") or outputs["model"]
+    res = evaluate(model, dev.trials, dev.audio_root, out=ctx.folder / "dev.json", device=ctx.cfg.device,
+                   progress=False, backend=backend, cache=ctx.state.out / "cache")
+    keep = ("eer", "min_dcf_0.01", "min_dcf_0.05", "cllr", "min_cllr", "act_dcf_0.01", "backend")
+    return {k: res[k] for k in keep if k in res}
+
+
+def finish(cfg, state) -> dict:
+    """``OUT/model.safetensors``: the last trained encoder with the last (calibrated) back-end, if any."""
+    from ..training.export import export_model
+
+    stages = state.report["stages"]
+    last_train = next(s for s in reversed(cfg.stages) if s.kind == "train")
+    chain_stage = next((s for s in reversed(cfg.stages) if s.kind in ("backend", "calibrate")), None)
+    run = stages[last_train.name]["outputs"]["run"]
+    chain = load_chain(stages[chain_stage.name]["outputs"]["backend"]) if chain_stage else None
+    prior = chain_stage.prior if chain_stage is not None and chain_stage.kind == "calibrate" else None
+    path = export_model(run, state.out / "model.safetensors", backend=chain, prior=prior)
+    return {"model": str(path), "encoder_from": last_train.name,
+            "backend_from": chain_stage.name if chain_stage else None}
+
+
+RUNNERS = {"train": run_train, "pseudolabel": run_pseudolabel, "backend": run_backend, "calibrate": run_calibrate}

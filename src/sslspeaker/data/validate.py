@@ -3,7 +3,10 @@
 A file is probed from its header plus three short partial reads (start, middle, end),
 so a corpus of a million files is validated without decoding it whole: the end read
 catches truncation, the three windows catch silence (a file silent in all three is
-rejected; one that is silent only elsewhere is harmless to a crop-based trainer).
+rejected; one that is silent only elsewhere is harmless to a crop-based trainer) and
+non-finite samples (NaN or inf in any window). A probe reads parts only: a file that passes
+can still hold NaN elsewhere, which the crop reader (``audio.read_audio``) refuses when a crop
+reaches it, and the training dataset then skips and reports the file.
 """
 
 from __future__ import annotations
@@ -73,6 +76,8 @@ def _check_content(path: str, frames: int, sample_rate: int) -> str | None:
                 x = f.read(win, dtype="float32", always_2d=True)
                 if len(x) < win:
                     return f"truncated (header says {frames} samples, data ends before {s + win})"
+                if not np.isfinite(x).all():
+                    return f"non-finite samples (NaN/inf in the window at sample {s})"
                 peak = max(peak, float(np.abs(x).max()) if x.size else 0.0)
     except Exception as exc:
         return f"truncated or corrupt ({exc.__class__.__name__}: {str(exc).splitlines()[0][:100]})"

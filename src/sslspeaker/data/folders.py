@@ -59,7 +59,7 @@ def _entries(folder: Path, skips: list, must: bool) -> list[os.DirEntry]:
     """The entries of ``folder``; one that cannot be listed is reported (raises for the root)."""
     try:
         with os.scandir(folder) as it:
-            return list(it)
+            return sorted(it, key=lambda e: e.name)
     except OSError as exc:
         if must:
             raise
@@ -77,7 +77,7 @@ def _kind(e: os.DirEntry, seen: set, skips: list) -> str:
         skips.append((shown_name(e.path), f"symlink cannot be followed ({exc.strerror})"))
         return "skip"
     if ident in seen:
-        skips.append((shown_name(e.path), "symlinked folder already scanned (a loop or a second link to it)"))
+        skips.append((shown_name(e.path), "folder already scanned (a symlink loop, or a second link to one folder)"))
         return "skip"
     seen.add(ident)
     return "dir" if _utf8_name(e, skips, "folder") else "skip"

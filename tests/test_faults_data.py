@@ -263,3 +263,17 @@ def test_prepare_refuses_an_unwritable_output_folder(tmp_path, capsys, monkeypat
     rc, err = run_prepare(capsys, "folder", tmp_path / "c", "--out", tmp_path / "ro")
     assert rc == 2 and err == [f"error: output folder {tmp_path / 'ro'}: not writable"]
     assert list((tmp_path / "ro").iterdir()) == []
+
+
+def test_prepare_refuses_folders_and_lists_that_are_not_utf8(tmp_path):
+    write_audio(tmp_path / "c" / "s" / "x.wav")
+    with pytest.raises(ValueError, match=r"o\\xff: the output folder's name is not UTF-8"):
+        prepare("folder", tmp_path / "c", os.fsdecode(os.fsencode(tmp_path) + b"/o\xff"), progress=False)
+    os.makedirs(os.fsencode(tmp_path) + b"/c\xff")
+    with pytest.raises(ValueError, match=r"c\\xff: the corpus folder's name is not UTF-8"):
+        prepare("folder", os.fsdecode(os.fsencode(tmp_path) + b"/c\xff"), tmp_path / "o", progress=False)
+    write_audio(tmp_path / "rirs" / "real" / "r.wav", seconds=0.3)
+    (tmp_path / "rirs" / "real" / "rir_list").write_bytes(b"--rir-id r \xe9 real/r.wav\n")
+    with pytest.raises(ValueError, match=r"rir_list: not UTF-8 text \(byte b'\\xe9'\)"):
+        prepare("rirs", tmp_path / "rirs", tmp_path / "o", progress=False)
+    assert list((tmp_path / "o").iterdir()) == []

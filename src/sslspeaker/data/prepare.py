@@ -166,12 +166,19 @@ def _rirs(root: Path, options) -> Listing:
     if rir_lists:
         names = set()
         for rl in rir_lists:
-            for line in rl.read_text().splitlines():
+            for line in _utf8_text(rl).splitlines():
                 for tok in line.split():
                     if tok.lower().endswith(AUDIO_EXTENSIONS):
                         names.add(Path(tok).name)
         files = [p for p in files if p.name in names or "simulated_rirs" in p.parts]
     return Listing([Candidate(str(p), None, "rir") for p in files], min_duration=0.0)
+
+
+def _utf8_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r})") from None
 
 
 KINDS: dict[str, Callable[[Path, dict], Listing]] = {
@@ -224,14 +231,20 @@ def _corpus_root(kind: str, root: str | os.PathLike) -> Path:
     if not root.is_dir():
         hint = f" (get it from {WHERE_TO_GET[kind]})" if WHERE_TO_GET.get(kind) else ""
         raise FileNotFoundError(f"{root}: no such folder{hint}")
-    if shown_name(root) != str(root):
-        raise ValueError(f"{shown_name(root)}: the corpus folder's name is not UTF-8")
+    _require_utf8(root, "corpus folder")
     return root
+
+
+def _require_utf8(path: Path, what: str) -> None:
+    """Manifests and reports are UTF-8: a path that is not cannot go into them."""
+    if shown_name(path) != str(path):
+        raise ValueError(f"{shown_name(path)}: the {what}'s name is not UTF-8")
 
 
 def _output_folder(out: str | os.PathLike) -> Path:
     """``out``, created if needed; raises naming it when it is a file or cannot be written."""
     out = Path(out)
+    _require_utf8(out.resolve(), "output folder")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"output folder {out}: is a file, not a folder")
     try:

@@ -277,3 +277,34 @@ def test_prepare_refuses_folders_and_lists_that_are_not_utf8(tmp_path):
     with pytest.raises(ValueError, match=r"rir_list: not UTF-8 text \(byte b'\\xe9'\)"):
         prepare("rirs", tmp_path / "rirs", tmp_path / "o", progress=False)
     assert list((tmp_path / "o").iterdir()) == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--min-duration", "-1"], "min_duration must be a number of seconds >= 0, got -1.0"),
+    (["--min-duration", "nan"], "min_duration must be a number of seconds >= 0, got nan"),
+    (["--sample-rate", "0"], "sample_rate must be a positive integer (Hz), got 0"),
+])
+def test_prepare_command_refuses_bad_policy_options(tmp_path, capsys, args, message):
+    write_audio(tmp_path / "c" / "s" / "x.wav")
+    rc, err = run_prepare(capsys, "folder", tmp_path / "c", "--out", tmp_path / "o", *args)
+    assert rc == 2 and err == [f"error: {message}"] and not (tmp_path / "o").exists()
+
+
+def test_scan_reports_a_folder_it_cannot_list(tmp_path, monkeypatch):
+    import sslspeaker.data.folders as folders
+
+    write_audio(tmp_path / "c" / "a" / "x.wav")
+    write_audio(tmp_path / "c" / "locked" / "y.wav")
+    real = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(folders.os, "scandir", scandir)
+    skipped = []
+    assert scan(tmp_path / "c", skipped=skipped) == [tmp_path / "c" / "a" / "x.wav"]
+    assert skipped == [(str(tmp_path / "c" / "locked"), "folder cannot be listed (Permission denied)")]
+    with pytest.raises(PermissionError):  # the root itself is not skipped: it is the input
+        scan(tmp_path / "c" / "locked")

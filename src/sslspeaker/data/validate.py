@@ -11,6 +11,7 @@ reaches it, and the training dataset then skips and reports the file.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +38,14 @@ class Policy:
     min_duration: float = 0.5
     sample_rate: int = SAMPLE_RATE
     allow_upsample: bool = False  # upsampling cannot restore the missing band
-    check_content: bool = True  # partial reads for truncation and silence
+    check_content: bool = True  # partial reads for truncation, silence and non-finite samples
+
+    def __post_init__(self):
+        if not (isinstance(self.min_duration, (int, float)) and math.isfinite(self.min_duration)
+                and self.min_duration >= 0):
+            raise ValueError(f"min_duration must be a number of seconds >= 0, got {self.min_duration!r}")
+        if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, int) or self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive integer (Hz), got {self.sample_rate!r}")
 
 
 def probe(path: str, policy: Policy = Policy()) -> Probe:

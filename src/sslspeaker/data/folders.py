@@ -22,9 +22,9 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
 def scan(root: Path, extensions=AUDIO_EXTENSIONS, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
     """All audio files under ``root``, sorted, entering no folder twice (symlinks included).
 
-    Left out, each with a reason: a symlinked folder already scanned (a loop, or a second way into
-    the same folder), a folder that cannot be listed or whose link is broken into a loop, and a
-    file or folder whose name is not UTF-8. The reasons go to ``skipped`` as (name with escapes,
+    Left out, each with a reason: a folder reached again through a symlink (a loop, or a second
+    link to one folder), a symlink that cannot be followed (one pointing at itself), a folder
+    below ``root`` that cannot be listed, and a file or folder whose name is not UTF-8. The reasons go to ``skipped`` as (name with escapes,
     reason) pairs when it is given, else to the log.
     """
     found: list[Path] = []

@@ -140,3 +140,19 @@ def test_speaker_identity_learnable_but_not_trivial():
     iu = np.triu_indices(len(X), 1)
     eer = _eer((X @ X.T)[iu], (spk[:, None] == spk[None, :])[iu])
     assert 0.01 < eer < 0.30, eer
+
+
+@pytest.mark.parametrize("option,value,least", [("n_speakers", 0, 1), ("utterances_per_speaker", -2, 1),
+                                                ("workers", 0, 1), ("first_speaker", -1, 0), ("n_speakers", 2.5, 1)])
+def test_corpus_refuses_bad_counts(tmp_path, option, value, least):
+    kw = {**dict(n_speakers=1, utterances_per_speaker=1, min_duration=0.5, max_duration=0.6), option: value}
+    with pytest.raises(ValueError, match=rf"^{option} must be an integer of at least {least}, got {value}$"):
+        generate_corpus(tmp_path / "c", **kw)
+    assert not (tmp_path / "c").exists()  # refused before anything is written
+
+
+def test_synth_command_refuses_a_bad_count_in_one_line(tmp_path, capsys):
+    from sslspeaker.cli import main
+
+    assert main(["synth", str(tmp_path / "c"), "--speakers", "0"]) == 2
+    assert capsys.readouterr().err == "error: n_speakers must be an integer of at least 1, got 0\n"

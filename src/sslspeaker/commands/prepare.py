@@ -13,11 +13,12 @@ def run(args: argparse.Namespace) -> int:
                     allow_upsample=args.allow_upsample, check_content=not args.header_only)
     summary = prepare(args.kind, args.root, args.out, policy=policy, workers=args.workers, progress=not args.quiet,
                       trials=args.trials, category=args.category, no_speaker=args.no_speaker)
-    print(f"{summary['kept']} of {summary['files']} files kept ({summary['rejected']} rejected, "
+    skipped = f", {summary['skipped']} skipped by the scan" if summary["skipped"] else ""
+    print(f"{summary['kept']} of {summary['files']} files kept ({summary['rejected']} rejected{skipped}, "
           f"{summary['speakers']} speakers, {summary['hours']} h) in {summary['seconds']} s "
           f"[{summary['files_per_second']} files/s] -> {args.out}/manifest.csv")
-    if summary["rejected"]:
-        print(f"rejected files and reasons: {args.out}/report.csv")
+    if summary["rejected"] or summary["skipped"]:
+        print(f"rejected and skipped files with reasons: {args.out}/report.csv")
     for name, t in summary["trials"].items():
         print(f"trials {args.out}/{name}: {t['kept']} of {t['trials']} (use --audio-root {summary['trials_audio_root']})")
     return 0

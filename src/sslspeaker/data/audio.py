@@ -1,4 +1,8 @@
-"""Audio reading: partial reads, mix-down to mono, resampling to the working rate (soxr)."""
+"""Audio reading: partial reads, mix-down to mono, resampling to the working rate (soxr).
+
+Every read is checked: samples that are NaN or infinite make it an ``AudioError``, so no
+non-finite value leaves this module (float files can hold them; integer files cannot).
+"""
 
 from __future__ import annotations
 
@@ -32,12 +36,28 @@ class AudioInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
+def unreadable_reason(path: str | os.PathLike, exc: BaseException) -> str:
+    """Why opening ``path`` failed: a missing file or a folder by name, else the decoder's first line."""
+    if not os.path.lexists(path):
+        return "no such file"
+    if os.path.isdir(path):
+        return "is a folder, not an audio file"
+    return f"unreadable ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})"
+
+
+def check_finite(x: np.ndarray, path: str | os.PathLike) -> None:
+    """Raise ``AudioError`` naming ``path`` when ``x`` holds a NaN or infinite sample."""
+    if not np.isfinite(x).all():
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise AudioError(path, f"non-finite samples ({bad} NaN/inf values of {x.size} read)")
+
+
 def audio_info(path: str | os.PathLike) -> AudioInfo:
     """Header information only (no decoding of the samples)."""
     try:
         info = sf.info(str(path))
     except Exception as exc:  # libsndfile raises RuntimeError/LibsndfileError on bad headers
-        raise AudioError(path, f"unreadable ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})") from None
+        raise AudioError(path, unreadable_reason(path, exc)) from None
     return AudioInfo(int(info.samplerate), int(info.frames), int(info.channels))
 
 
@@ -51,7 +71,8 @@ def read_audio(
 
     Only the requested span is decoded (a partial read), so a 2-s crop of a 20-min file costs
     2 s of decoding. Files at another rate are resampled with soxr; multichannel is averaged.
-    The result may be shorter than ``frames`` near the end of the file.
+    The result may be shorter than ``frames`` near the end of the file. Raises ``AudioError`` for
+    a file that cannot be read and for NaN or infinite samples in the span read.
     """
     try:
         with sf.SoundFile(str(path)) as f:
@@ -67,7 +88,8 @@ def read_audio(
     except AudioError:
         raise
     except Exception as exc:
-        raise AudioError(path, f"unreadable ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})") from None
+        raise AudioError(path, unreadable_reason(path, exc)) from None
+    check_finite(x, path)
     x = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
     if native != sample_rate and x.size:
         x = soxr.resample(x, native, sample_rate).astype(np.float32, copy=False)

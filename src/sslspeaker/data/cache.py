@@ -3,7 +3,8 @@
 A small pool (the development sets: a few hours) re-decodes every file dozens of times per
 run; compressed formats make that the dominant data cost (an Opus crop takes ~8 ms to seek
 and decode). Audio is stored as 16-bit integers: exact for 16-bit sources, -96 dB
-quantisation otherwise, and half the memory of float32 (one hour ≈ 115 MB).
+quantisation otherwise, and half the memory of float32 (one hour ≈ 115 MB). Only finite audio
+is stored: a file with NaN or infinite samples raises ``AudioError`` and is never cached.
 """
 
 from __future__ import annotations
@@ -15,11 +16,17 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .audio import SAMPLE_RATE, AudioError, read_audio
+from .audio import SAMPLE_RATE, AudioError, check_finite, read_audio
 from .manifest import Entry
 
 log = logging.getLogger(__name__)
 BYTES_PER_SAMPLE = 2
+
+
+def to_int16(y: np.ndarray, path: str) -> np.ndarray:
+    """Float samples in [-1, 1] as 16-bit integers; ``AudioError`` naming ``path`` for NaN or inf."""
+    check_finite(y, path)
+    return np.clip(np.round(y * 32768.0), -32768, 32767).astype(np.int16)
 
 
 class UtteranceCache:
@@ -42,14 +49,15 @@ class UtteranceCache:
         """The utterance as float32 (raises ``AudioError`` like ``read_audio``)."""
         x = self._store.get(index)
         if x is None:
-            y = read_audio(self.entries[index].path, sample_rate=self.sample_rate)
-            x = np.clip(np.round(y * 32768.0), -32768, 32767).astype(np.int16)
+            path = self.entries[index].path
+            x = to_int16(read_audio(path, sample_rate=self.sample_rate), path)
             self._store[index] = x
         return x.astype(np.float32) * (1.0 / 32768.0)
 
     def fill(self, threads: int = 2, progress: bool = True) -> None:
         """Decode every utterance now (in the training process, before data workers fork and
-        share the pages copy-on-write); unreadable files are left for the dataset to report."""
+        share the pages copy-on-write); unreadable and non-finite files are left for the dataset
+        to report and skip."""
         if not self.enabled:
             return
 

@@ -19,6 +19,7 @@ from .crops import crops_of, read_crops
 from .manifest import Entry
 
 log = logging.getLogger(__name__)
+MAX_BAD_IN_A_ROW = 20
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # [V, T] -> [V, T]
 
 
@@ -30,9 +31,9 @@ class SegmentDataset(torch.utils.data.Dataset):
     """Yields ``n_views`` random crops of one utterance: ``{"wave": [V, T], "index", "label"}``,
     plus ``"local": [V_local, T_local]`` shorter crops for multi-crop methods.
 
-    Indexed by ``(epoch, index)`` pairs (see ``EpochBatchSampler``). An unreadable file is
-    reported once and replaced by another utterance drawn from the same RNG, so a bad file
-    never stops a run. With ``cache_bytes`` large enough for the whole set, decoded utterances
+    Indexed by ``(epoch, index)`` pairs (see ``EpochBatchSampler``). A file that is unreadable
+    or holds NaN/inf samples in a crop it gives is reported once (``skipped_files``) and
+    replaced by another utterance drawn from the same RNG, so a bad file never stops a run. With ``cache_bytes`` large enough for the whole set, decoded utterances
     stay in memory and crops are cut from them (the trainer fills the cache before data
     workers fork, so they share it copy-on-write).
     """
@@ -50,7 +51,7 @@ class SegmentDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.augment = augment
         self.sample_rate = sample_rate
-        self.bad: set[int] = set()
+        self.bad: dict[int, str] = {}  # index -> why its file was skipped
         self.cache = UtteranceCache(self.entries, cache_bytes, sample_rate)
         self.labels = None
         if with_labels:
@@ -79,20 +80,30 @@ class SegmentDataset(torch.utils.data.Dataset):
         local = read_crops(e.path, frames, self.local_frames, self.n_local, rng, self.sample_rate) if self.n_local else None
         return views, local
 
+    def _usable_crops(self, index: int, rng: np.random.Generator) -> tuple[int, np.ndarray, np.ndarray | None]:
+        """(index, views, local) of ``index`` or, when its file is unusable (unreadable, non-finite
+        samples, empty), of another utterance drawn from ``rng``; each bad file is reported once."""
+        for _ in range(MAX_BAD_IN_A_ROW):
+            if index not in self.bad:
+                try:
+                    return (index, *self._crops(index, rng))
+                except (AudioError, ValueError) as exc:
+                    self.bad[index] = str(getattr(exc, "reason", exc))
+                    log.warning("skipping unusable training file %s (%s)", self.entries[index].path, exc)
+            index = int(rng.integers(len(self.entries)))
+        path, reason = self.skipped_files()[-1]
+        raise RuntimeError(f"{MAX_BAD_IN_A_ROW} unreadable files in a row: check the training manifest "
+                           f"({len(self.bad)} skipped so far, e.g. {path}: {reason})")
+
+    def skipped_files(self) -> list[tuple[str, str]]:
+        """(path, reason) of every file this dataset object has skipped so far, in manifest order
+        (each data-loader worker process holds its own copy)."""
+        return [(self.entries[i].path, self.bad[i]) for i in sorted(self.bad)]
+
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = item_rng(self.seed, epoch, index)
-        for _ in range(20):
-            if index not in self.bad:
-                try:
-                    views, local = self._crops(index, rng)
-                    break
-                except (AudioError, ValueError) as exc:
-                    self.bad.add(index)
-                    log.warning("skipping unreadable training file %s (%s)", self.entries[index].path, exc)
-            index = int(rng.integers(len(self.entries)))
-        else:
-            raise RuntimeError("20 unreadable files in a row: check the training manifest")
+        index, views, local = self._usable_crops(index, rng)
         if self.augment is not None:
             views = self.augment(views, rng)
             local = self.augment(local, rng) if local is not None else None

@@ -7,27 +7,89 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from .audio import AudioError, audio_info
 from .manifest import Entry
 
+log = logging.getLogger(__name__)
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
 
 
-def scan(root: Path, extensions=AUDIO_EXTENSIONS) -> list[Path]:
-    """All audio files under ``root``, sorted, following no symlinked folders twice."""
+def scan(root: Path, extensions=AUDIO_EXTENSIONS, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """All audio files under ``root``, sorted, entering no folder twice (symlinks included).
+
+    Left out, each with a reason: a folder reached again through a symlink (a loop, or a second
+    link to one folder), a symlink that cannot be followed (one pointing at itself), a folder
+    below ``root`` that cannot be listed, and a file or folder whose name is not UTF-8. The reasons go to ``skipped`` as (name with escapes,
+    reason) pairs when it is given, else to the log.
+    """
     found: list[Path] = []
+    skips: list[tuple[str, str]] = [] if skipped is None else skipped
+    seen = {_identity(root)}
     stack = [root]
     while stack:
-        with os.scandir(stack.pop()) as it:
-            for e in it:
-                if e.is_dir():
-                    stack.append(Path(e.path))
-                elif e.name.lower().endswith(extensions):
-                    found.append(Path(e.path))
+        folder = stack.pop()
+        for e in _entries(folder, skips, must=folder == root):
+            kind = _kind(e, seen, skips)
+            if kind == "dir":
+                stack.append(Path(e.path))
+            elif kind == "file" and e.name.lower().endswith(extensions) and _utf8_name(e, skips, "file"):
+                found.append(Path(e.path))
+    if skipped is None:
+        for name, reason in skips:
+            log.warning("skipping %s: %s", name, reason)
     return sorted(found)
+
+
+def shown_name(path: str | os.PathLike) -> str:
+    """A path as text, any byte that is not UTF-8 written as an escape (``bad\\xff.wav``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _identity(folder: str | os.PathLike) -> tuple[int, int]:
+    st = os.stat(folder)
+    return st.st_dev, st.st_ino
+
+
+def _entries(folder: Path, skips: list, must: bool) -> list[os.DirEntry]:
+    """The entries of ``folder``; one that cannot be listed is reported (raises for the root)."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        if must:
+            raise
+        skips.append((shown_name(folder), f"folder cannot be listed ({exc.strerror})"))
+        return []
+
+
+def _kind(e: os.DirEntry, seen: set, skips: list) -> str:
+    """"dir" to descend into, "file", or "skip" (reported): folders are entered once, by identity."""
+    try:
+        if not e.is_dir():
+            return "file"
+        ident = _identity(e.path)
+    except OSError as exc:  # a symlink pointing at itself or into a chain of links
+        skips.append((shown_name(e.path), f"symlink cannot be followed ({exc.strerror})"))
+        return "skip"
+    if ident in seen:
+        skips.append((shown_name(e.path), "folder already scanned (a symlink loop, or a second link to one folder)"))
+        return "skip"
+    seen.add(ident)
+    return "dir" if _utf8_name(e, skips, "folder") else "skip"
+
+
+def _utf8_name(e: os.DirEntry, skips: list, what: str) -> bool:
+    try:
+        e.name.encode("utf-8")
+    except UnicodeEncodeError:
+        skips.append((shown_name(e.path), f"{what} name is not UTF-8"))
+        return False
+    return True
 
 
 def speaker_folders(root: str | os.PathLike) -> tuple[Path, dict[str, list[Path]], int]:
@@ -90,4 +152,4 @@ def speaker_entries(groups: dict[str, list[Path]], min_seconds: float) -> tuple[
     return entries, dropped
 
 
-__all__ = ["AUDIO_EXTENSIONS", "scan", "speaker_folders", "speaker_entries"]
+__all__ = ["AUDIO_EXTENSIONS", "scan", "shown_name", "speaker_folders", "speaker_entries"]

@@ -37,11 +37,20 @@ class Trial:
 
 
 def read_manifest(path: str | os.PathLike, base: str | os.PathLike | None = None) -> list[Entry]:
-    """Read a manifest; relative paths resolve against ``base`` (default: the manifest's folder)."""
+    """Read a manifest (UTF-8 CSV); relative paths resolve against ``base`` (default: the manifest's
+    folder). A malformed row or text that is not UTF-8 is a ``ValueError`` naming the file."""
     path = Path(path)
     base = Path(base).resolve() if base is not None else path.resolve().parent
+    try:
+        return _read_manifest_rows(path, base)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}: a manifest "
+                         "is UTF-8 CSV)") from None
+
+
+def _read_manifest_rows(path: Path, base: Path) -> list[Entry]:
     entries = []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "path" not in reader.fieldnames:
             raise ValueError(f"{path}: not a manifest (needs a 'path' column, got {reader.fieldnames})")
@@ -69,7 +78,7 @@ def write_manifest(path: str | os.PathLike, entries: Iterable[Entry], relative: 
     base = path.resolve().parent
     entries = list(entries)
     with_category = any(e.category for e in entries)
-    with atomic_open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(COLUMNS + (("category",) if with_category else ()))
         for e in entries:
@@ -87,10 +96,12 @@ def _relative(p: str, base: Path) -> str:
 
 
 def read_trials(path: str | os.PathLike) -> list[Trial]:
-    """Read a VoxCeleb ``veri_test.txt``-style list: ``LABEL PATH_A PATH_B`` per line."""
+    """Read a VoxCeleb ``veri_test.txt``-style list: ``LABEL PATH_A PATH_B`` per line (UTF-8 text);
+    a malformed line or one that is not UTF-8 is a ``ValueError`` naming the file and line."""
     trials = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = _utf8_line(raw, path, lineno)
             parts = line.split()
             if not parts:
                 continue
@@ -100,9 +111,17 @@ def read_trials(path: str | os.PathLike) -> list[Trial]:
     return trials
 
 
+def _utf8_line(raw: bytes, path: str | os.PathLike, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start:exc.start + 1]!r} at column "
+                         f"{exc.start + 1})") from None
+
+
 def write_trials(path: str | os.PathLike, trials: Sequence[Trial]) -> None:
     """Write a trial list atomically in the VoxCeleb format."""
-    with atomic_open(path, "w") as f:
+    with atomic_open(path, "w", encoding="utf-8") as f:
         for t in trials:
             f.write(f"{t.label} {t.a} {t.b}\n")
 

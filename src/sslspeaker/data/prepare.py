@@ -2,7 +2,8 @@
 
 Every corpus goes through the same path: list candidate files (with speaker/category from
 the corpus layout), probe them in parallel (header + partial reads, see ``validate``), write
-``manifest.csv`` with the good ones and ``report.csv`` with every rejected or altered file.
+``manifest.csv`` with the good ones and ``report.csv`` with every file rejected, altered or
+skipped by the scan (symlink loops, names that are not UTF-8, shown with escapes).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from ..fileio import atomic_open, atomic_path, atomic_write_text
-from .folders import AUDIO_EXTENSIONS, scan
+from ..fileio import atomic_open, atomic_path, atomic_write_text, remove_stale_temps
+from .folders import AUDIO_EXTENSIONS, scan, shown_name
 from .manifest import Entry, Trial, read_manifest, read_trials, write_manifest, write_trials
 from .validate import Policy, Probe, probe
 
@@ -61,7 +62,7 @@ class Listing:
 
 def _folder(root: Path, options) -> Listing:
     out = []
-    for p in scan(root):
+    for p in scan(root, skipped=options.get("skipped")):
         speaker = None if options.get("no_speaker") or p.parent == root else p.parent.name
         out.append(Candidate(str(p), speaker, options.get("category")))
     return Listing(out)
@@ -81,7 +82,7 @@ def _trial_files(root: Path, given) -> dict[str, Path]:
 def _voxceleb1(root: Path, options) -> Listing:
     # Layouts: ROOT/wav/idXXXXX/VIDEO/NNNNN.wav (merged dev+test) or ROOT itself holding id folders.
     wav = root / "wav" if (root / "wav").is_dir() else root
-    cands = [Candidate(str(p), p.relative_to(wav).parts[0]) for p in scan(wav)]
+    cands = [Candidate(str(p), p.relative_to(wav).parts[0]) for p in scan(wav, skipped=options.get("skipped"))]
     trials = _trial_files(root, options.get("trials"))
     if not trials:
         print(f"note: no VoxCeleb1 trial list found; pass --trials FILE (get them from {WHERE_TO_GET['voxceleb1']})",
@@ -94,8 +95,8 @@ def _voxceleb1(root: Path, options) -> Listing:
 
 
 def _voxceleb2(root: Path, options) -> Listing:
-    m4a = sorted(p for p in scan(root, (".m4a",)))
-    decoded = scan(root)
+    m4a = sorted(p for p in scan(root, (".m4a",), options.get("skipped")))
+    decoded = scan(root, skipped=options.get("skipped"))
     if m4a and not decoded:
         ffmpeg = shutil.which("ffmpeg")
         if not ffmpeg:
@@ -132,12 +133,12 @@ def _convert_m4a(files: list[Path], root: Path, dest: Path, ffmpeg: str, workers
 
 def _librispeech(root: Path, options) -> Listing:
     # LibriSpeech names files SPEAKER-CHAPTER-UTT.flac; the speaker id is the first field.
-    return Listing([Candidate(str(p), p.name.split("-")[0]) for p in scan(root)])
+    return Listing([Candidate(str(p), p.name.split("-")[0]) for p in scan(root, skipped=options.get("skipped"))])
 
 
 def _speechocean762(root: Path, options) -> Listing:
     wave = root / "WAVE" if (root / "WAVE").is_dir() else root
-    cands = [Candidate(str(p), p.parent.name) for p in scan(wave)]
+    cands = [Candidate(str(p), p.parent.name) for p in scan(wave, skipped=options.get("skipped"))]
     listing = Listing(cands, audio_root=root)
     protocol = root / "protocol"
     if protocol.is_dir():
@@ -152,7 +153,7 @@ def _speechocean762(root: Path, options) -> Listing:
 
 def _musan(root: Path, options) -> Listing:
     cands = []
-    for p in scan(root):
+    for p in scan(root, skipped=options.get("skipped")):
         category = p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "noise"
         cands.append(Candidate(str(p), None, category))
     return Listing(cands)
@@ -160,17 +161,24 @@ def _musan(root: Path, options) -> Listing:
 
 def _rirs(root: Path, options) -> Listing:
     # RIRS_NOISES mixes isotropic noises into real_rirs_isotropic_noises; its rir_list names the RIRs.
-    files = scan(root)
+    files = scan(root, skipped=options.get("skipped"))
     rir_lists = list(root.rglob("rir_list"))
     if rir_lists:
         names = set()
         for rl in rir_lists:
-            for line in rl.read_text().splitlines():
+            for line in _utf8_text(rl).splitlines():
                 for tok in line.split():
                     if tok.lower().endswith(AUDIO_EXTENSIONS):
                         names.add(Path(tok).name)
         files = [p for p in files if p.name in names or "simulated_rirs" in p.parts]
     return Listing([Candidate(str(p), None, "rir") for p in files], min_duration=0.0)
+
+
+def _utf8_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r})") from None
 
 
 KINDS: dict[str, Callable[[Path, dict], Listing]] = {
@@ -193,64 +201,135 @@ def probe_all(paths: list[str], policy: Policy, workers: int, progress: bool = T
 
 def prepare(kind: str, root: str | os.PathLike, out: str | os.PathLike, *, policy: Policy | None = None,
             workers: int | None = None, progress: bool = True, **options) -> dict:
-    """Build ``out/manifest.csv``, ``out/report.csv``, subsets and trial lists; returns a summary."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown corpus kind {kind!r}; choose one of {', '.join(KINDS)}")
-    root, out = Path(root).resolve(), Path(out)
-    if not root.is_dir():
-        hint = f" (get it from {WHERE_TO_GET[kind]})" if WHERE_TO_GET.get(kind) else ""
-        raise FileNotFoundError(f"{root}: no such folder{hint}")
-    out.mkdir(parents=True, exist_ok=True)
+    """Build ``out/manifest.csv``, ``out/report.csv``, subsets and trial lists; returns a summary.
+
+    Bad input (unknown kind, missing root, a root that is a file, an output folder that cannot be
+    written) raises before any file is probed; every input is read before the first output is
+    written, each output is written atomically, and temporary files of killed runs are removed.
+    """
+    root, out = _corpus_root(kind, root), _output_folder(out)
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
     t0 = time.perf_counter()
-    listing = KINDS[kind](root, {**options, "out": out, "workers": workers})
-    policy = policy or Policy()
-    if listing.min_duration is not None:
-        policy = Policy(listing.min_duration, policy.sample_rate, policy.allow_upsample, policy.check_content)
-    probes = probe_all([c.path for c in listing.candidates], policy, workers, progress)
-    good: list[Entry] = []
-    report_rows = []
-    for cand, pr in zip(listing.candidates, probes):
-        if pr.reason:
-            report_rows.append((cand.path, "rejected", pr.reason))
-            continue
-        if pr.note:
-            report_rows.append((cand.path, "kept", pr.note))
-        good.append(Entry(cand.path, cand.speaker, pr.duration, cand.category))
-    write_manifest(out / "manifest.csv", good)
-    _write_report(out / "report.csv", report_rows)
-    by_path = {e.path: e for e in good}
-    for name, paths in listing.subsets.items():
-        write_manifest(out / name, [by_path[p] for p in paths if p in by_path])
-    trials_kept = {name: _copy_trials(src, out / name, listing.audio_root or root, by_path)
-                   for name, src in listing.trials.items()}
-    elapsed = time.perf_counter() - t0
-    summary = {
-        "kind": kind, "root": str(root), "files": len(listing.candidates), "kept": len(good),
-        "rejected": sum(r[1] == "rejected" for r in report_rows), "speakers": len({e.speaker for e in good if e.speaker}),
-        "hours": round(sum(e.duration for e in good) / 3600, 3), "seconds": round(elapsed, 2),
-        "files_per_second": round(len(listing.candidates) / elapsed, 1) if elapsed else None,
-        "subsets": sorted(listing.subsets), "trials": trials_kept,
-        "trials_audio_root": str((listing.audio_root or root).resolve()) if listing.trials else None,
-    }
-    atomic_write_text(out / "prepare.json", json.dumps(summary, indent=2) + "\n")
+    skipped: list[tuple[str, str]] = []
+    listing = KINDS[kind](root, {**options, "out": out, "workers": workers, "skipped": skipped})
+    probes = probe_all([c.path for c in listing.candidates], _policy_for(listing, policy), workers, progress)
+    good, report_rows = _sort_probes(listing.candidates, probes, skipped)
+    trials = {name: (src, read_trials(src)) for name, src in listing.trials.items()}
+    trials_kept = _write_outputs(out, listing, good, report_rows, trials, listing.audio_root or root)
+    summary = _summary(kind, root, listing, good, report_rows, trials_kept, time.perf_counter() - t0)
+    _write_guarded(out, "prepare.json", lambda path: atomic_write_text(path, json.dumps(summary, indent=2) + "\n"))
     return summary
 
 
+def _corpus_root(kind: str, root: str | os.PathLike) -> Path:
+    """``root`` resolved, once ``kind`` is known and ``root`` is a folder with a UTF-8 name."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown corpus kind {kind!r}; choose one of {', '.join(KINDS)}")
+    root = Path(root).resolve()
+    if root.is_file():
+        raise NotADirectoryError(f"{root}: is a file, not a corpus folder")
+    if not root.is_dir():
+        hint = f" (get it from {WHERE_TO_GET[kind]})" if WHERE_TO_GET.get(kind) else ""
+        raise FileNotFoundError(f"{root}: no such folder{hint}")
+    _require_utf8(root, "corpus folder")
+    return root
+
+
+def _require_utf8(path: Path, what: str) -> None:
+    """Manifests and reports are UTF-8: a path that is not cannot go into them."""
+    if shown_name(path) != str(path):
+        raise ValueError(f"{shown_name(path)}: the {what}'s name is not UTF-8")
+
+
+def _output_folder(out: str | os.PathLike) -> Path:
+    """``out``, created if needed; raises naming it when it is a file or cannot be written."""
+    out = Path(out)
+    _require_utf8(out.resolve(), "output folder")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output folder {out}: is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"output folder {out}: cannot be created ({exc.strerror or exc})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder {out}: not writable")
+    return out
+
+
+def _policy_for(listing: Listing, policy: Policy | None) -> Policy:
+    policy = policy or Policy()
+    if listing.min_duration is None:
+        return policy
+    return Policy(listing.min_duration, policy.sample_rate, policy.allow_upsample, policy.check_content)
+
+
+def _sort_probes(candidates: list[Candidate], probes: list[Probe],
+                 skipped: list[tuple[str, str]]) -> tuple[list[Entry], list[tuple[str, str, str]]]:
+    """(manifest entries, report rows): the scan's skips, then rejected and altered files."""
+    good: list[Entry] = []
+    rows = [(name, "skipped", reason) for name, reason in dict.fromkeys(skipped)]
+    for cand, pr in zip(candidates, probes):
+        if pr.reason:
+            rows.append((cand.path, "rejected", pr.reason))
+            continue
+        if pr.note:
+            rows.append((cand.path, "kept", pr.note))
+        good.append(Entry(cand.path, cand.speaker, pr.duration, cand.category))
+    return good, rows
+
+
+def _write_outputs(out: Path, listing: Listing, good: list[Entry], report_rows, trials: dict,
+                   audio_root: Path) -> dict:
+    """Write manifest, report, subsets and trial lists (each atomically); returns the trials kept."""
+    _write_guarded(out, "manifest.csv", lambda path: write_manifest(path, good))
+    _write_guarded(out, "report.csv", lambda path: _write_report(path, report_rows))
+    by_path = {e.path: e for e in good}
+    for name, paths in listing.subsets.items():
+        subset = [by_path[p] for p in paths if p in by_path]
+        _write_guarded(out, name, lambda path, subset=subset: write_manifest(path, subset))
+    counts = {}
+    for name, (src, items) in trials.items():
+        kept = _kept_trials(items, audio_root, by_path)
+        _write_guarded(out, name, lambda path, kept=kept: write_trials(path, kept))
+        counts[name] = {"source": str(src), "trials": len(items), "kept": len(kept)}
+    return counts
+
+
+def _write_guarded(out: Path, name: str, write: Callable[[Path], object]) -> None:
+    """Run ``write(out / name)`` after removing temporary files killed runs left for ``name``;
+    an ``OSError`` is raised again naming the output."""
+    remove_stale_temps(out, name)
+    try:
+        write(out / name)
+    except OSError as exc:
+        raise OSError(f"{out / name}: cannot be written ({exc.strerror or exc})") from None
+
+
 def _write_report(path: Path, rows) -> None:
-    with atomic_open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(("path", "action", "reason"))
         w.writerows(rows)
 
 
-def _copy_trials(src: Path, dst: Path, audio_root: Path, good: dict[str, Entry]) -> dict:
-    """Copy a trial list, dropping trials whose audio was rejected (paths kept as given)."""
-    trials = read_trials(src)
+def _kept_trials(trials: list[Trial], audio_root: Path, good: dict[str, Entry]) -> list[Trial]:
+    """The trials whose two files were both kept (paths as given)."""
     base = audio_root.resolve()
-    kept = [t for t in trials if str(base / t.a) in good and str(base / t.b) in good]
-    write_trials(dst, kept)
-    return {"source": str(src), "trials": len(trials), "kept": len(kept)}
+    return [t for t in trials if str(base / t.a) in good and str(base / t.b) in good]
+
+
+def _summary(kind: str, root: Path, listing: Listing, good: list[Entry], report_rows, trials_kept: dict,
+             elapsed: float) -> dict:
+    return {
+        "kind": kind, "root": str(root), "files": len(listing.candidates), "kept": len(good),
+        "rejected": sum(r[1] == "rejected" for r in report_rows),
+        "skipped": sum(r[1] == "skipped" for r in report_rows),
+        "speakers": len({e.speaker for e in good if e.speaker}),
+        "hours": round(sum(e.duration for e in good) / 3600, 3), "seconds": round(elapsed, 2),
+        "files_per_second": round(len(listing.candidates) / elapsed, 1) if elapsed else None,
+        "subsets": sorted(listing.subsets), "trials": trials_kept,
+        "trials_audio_root": str((listing.audio_root or root).resolve()) if listing.trials else None,
+    }
 
 
 __all__ = ["prepare", "KINDS", "Policy", "scan", "AUDIO_EXTENSIONS", "Trial"]

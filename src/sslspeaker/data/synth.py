@@ -371,6 +371,13 @@ def _render(task: tuple) -> Entry:
     return Entry(path=str(path), speaker=sid, duration=y.size / sr)
 
 
+def _check_counts(least: int, **counts: int) -> None:
+    """Raise ``ValueError`` naming the first count that is not an integer of at least ``least``."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer of at least {least}, got {value!r}")
+
+
 def generate_corpus(
     out_dir: str | os.PathLike,
     n_speakers: int = 40,
@@ -386,8 +393,11 @@ def generate_corpus(
     """Write ``out_dir/<spk>/<spk>_<utt>.flac`` (PCM_16) and ``out_dir/manifest.csv``; return the manifest.
 
     Speakers are ``first_speaker .. first_speaker+n_speakers-1`` of population ``seed`` (ids
-    ``<prefix><index:04d>``), so disjoint train/test speaker sets come from one seed.
+    ``<prefix><index:04d>``), so disjoint train/test speaker sets come from one seed. Counts
+    below 1 (a negative ``first_speaker``) are a ``ValueError`` naming the argument.
     """
+    _check_counts(1, n_speakers=n_speakers, utterances_per_speaker=utterances_per_speaker, workers=workers)
+    _check_counts(0, first_speaker=first_speaker)
     if not 0 < min_duration <= max_duration:
         raise ValueError(f"need 0 < min_duration <= max_duration, got {min_duration}, {max_duration}")
     out_dir = Path(out_dir)

@@ -3,11 +3,15 @@
 A file is probed from its header plus three short partial reads (start, middle, end),
 so a corpus of a million files is validated without decoding it whole: the end read
 catches truncation, the three windows catch silence (a file silent in all three is
-rejected; one that is silent only elsewhere is harmless to a crop-based trainer).
+rejected; one that is silent only elsewhere is harmless to a crop-based trainer) and
+non-finite samples (NaN or inf in any window). A probe reads parts only: a file that passes
+can still hold NaN elsewhere, which the crop reader (``audio.read_audio``) refuses when a crop
+reaches it, and the training dataset then skips and reports the file.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +38,14 @@ class Policy:
     min_duration: float = 0.5
     sample_rate: int = SAMPLE_RATE
     allow_upsample: bool = False  # upsampling cannot restore the missing band
-    check_content: bool = True  # partial reads for truncation and silence
+    check_content: bool = True  # partial reads for truncation, silence and non-finite samples
+
+    def __post_init__(self):
+        if not (isinstance(self.min_duration, (int, float)) and math.isfinite(self.min_duration)
+                and self.min_duration >= 0):
+            raise ValueError(f"min_duration must be a number of seconds >= 0, got {self.min_duration!r}")
+        if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, int) or self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive integer (Hz), got {self.sample_rate!r}")
 
 
 def probe(path: str, policy: Policy = Policy()) -> Probe:
@@ -73,6 +84,8 @@ def _check_content(path: str, frames: int, sample_rate: int) -> str | None:
                 x = f.read(win, dtype="float32", always_2d=True)
                 if len(x) < win:
                     return f"truncated (header says {frames} samples, data ends before {s + win})"
+                if not np.isfinite(x).all():
+                    return f"non-finite samples (NaN/inf in the window at sample {s})"
                 peak = max(peak, float(np.abs(x).max()) if x.size else 0.0)
     except Exception as exc:
         return f"truncated or corrupt ({exc.__class__.__name__}: {str(exc).splitlines()[0][:100]})"

@@ -64,14 +64,15 @@ def recipe_path(ctx: StageContext) -> Path:
 def training_config(ctx: StageContext) -> Config:
     """The stage's training config: its recipe, its overrides, then what the pipeline wires in."""
     from ..methods.registry import method_class
+    from ..runs import run_checkpoint
 
     path = recipe_path(ctx)
     tree = merge_trees(read_recipe(path), parse_overrides(list(ctx.stage.overrides)))
-    wired: dict = {"validation": {"trials": None}, "train": {"fit_to_budget": True}}
+    wired: dict = {"validation": {"trials": None}, "train": {}}
     if ctx.cfg.device != "auto":
         wired["train"]["device"] = ctx.cfg.device
     if any(s.kind == "train" for s in ctx.cfg.stages[:ctx.index]):
-        wired["train"]["init_from"] = stage_run(ctx, "train", ctx.stage.init_from)[1]["run"]
+        wired["train"]["init_from"] = str(run_checkpoint(stage_run(ctx, "train", ctx.stage.init_from)[1]["run"]))
     if method_class(tree.get("method", {}).get("name", "moco")).needs_labels:
         _, labels = stage_run(ctx, "pseudolabel", ctx.stage.labels_from)
         wired["data"] = {"train": [labels["manifest"]]}

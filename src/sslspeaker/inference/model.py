@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..data.audio import SAMPLE_RATE, AudioError, read_audio
 from ..data.validate import SILENCE_PEAK
+from ..evaluation.scoring import check_vectors
 from .checkpoint_source import read_checkpoint
 from .model_file import (build_modules, embed_dim, is_model_file, read_backend, read_model_file, resolve_model_path,
                          split_backend)
@@ -61,8 +62,7 @@ def check_waveform(x: np.ndarray, where: str) -> np.ndarray:
 
 def check_embedding(e: np.ndarray, where: str) -> np.ndarray:
     """``e`` when every value is finite; ``ValueError`` naming ``where`` otherwise."""
-    if not np.isfinite(e).all():
-        raise ValueError(f"{where}: its embedding holds NaN or inf (a broken model or input); refusing to score it")
+    check_vectors({where: e})
     return e
 
 

@@ -174,8 +174,10 @@ def embed_dim(encoder: torch.nn.Module, meta: dict) -> int:
 
 # ---- the safetensors file ------------------------------------------------------------------
 def save_model(path: str | os.PathLike, state: dict[str, torch.Tensor], metadata: dict) -> Path:
-    """Write tensors + metadata atomically (temporary file, then rename)."""
+    """Write tensors + metadata atomically (temporary file, then rename); the metadata is checked first."""
     from safetensors.torch import save_file
+
+    checked_metadata(metadata, str(path))
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     with atomic_path(path) as tmp:

@@ -249,3 +249,21 @@ def test_evaluate_out_a_folder_or_a_manifest_of_missing_files(trial_list, tmp_pa
     assert "--backend plda is fitted on labelled embeddings: give --backend-data MANIFEST" in one_error_line(capsys)
     assert main(base + ["--out", str(out), "--backend-data", str(manifest)]) == 2
     assert "--backend-data goes with --backend" in one_error_line(capsys)
+
+
+def test_every_encoders_pinned_options_pass_the_schema_and_bad_kinds_fail():
+    from sslspeaker.inference.model_file import pinned_options
+    from sslspeaker.inference.model_schema import MetadataError, check_encoder
+    from sslspeaker.models.registry import list_encoders
+
+    assert set(list_encoders()) >= {"ecapa_tdnn", "fast_resnet34", "resnet34", "tdnn"}
+    for name in list_encoders():
+        check_encoder({"name": name, "options": pinned_options(name, {})})
+    for options, field in (({"channels": [16, "x", 64, 128]}, "encoder.options.channels[1]"),
+                           ({"channels": []}, "encoder.options.channels"),
+                           ({"input_norm": 1}, "encoder.options.input_norm"),
+                           ({"layers": [3, 4, -6, 3]}, "encoder.options.layers[2]"),
+                           ({"pooling": 7}, "encoder.options.pooling")):
+        with pytest.raises(MetadataError) as info:
+            check_encoder({"name": "fast_resnet34", "options": options})
+        assert info.value.field == field

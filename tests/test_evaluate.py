@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import importlib
 import json
 import os
@@ -476,3 +477,119 @@ def test_trainer_validation_scores_through_the_same_path(model, corpus):
     assert got == {"eer": pytest.approx(round(100 * eer, 3)), "eer_threshold": pytest.approx(thr, abs=1e-5),
                    "min_dcf_0.01": pytest.approx(round(dcf, 4))}
     assert run_eval(model, corpus)[0]["eer_threshold"] == pytest.approx(got["eer_threshold"], abs=1e-5)
+
+
+# ---- back-ends: the model's own, forced cosine, a preset fitted on a labelled manifest -----------------
+OLD = Path(__file__).parent / "data" / "old_format"  # a 16-d model and its run folder
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return SpeakerEncoder.load(OLD / "model.safetensors")
+
+
+def side_embeddings(model, root):
+    a = np.stack([model.embed(x) for x, _ in pairs(root)])
+    b = np.stack([model.embed(y) for _, y in pairs(root)])
+    return a, b
+
+
+def test_evaluate_scores_with_the_models_calibrated_backend_by_default(corpus, tmp_path):
+    from sslspeaker.evaluation.llr_metrics import min_cllr
+    from test_inference import fitted_backend
+
+    chain = fitted_backend(16)
+    model = SpeakerEncoder.load(export_model(OLD / "run", tmp_path / "m.safetensors", backend=chain))
+    res, scores = run_eval(model, corpus)
+    a, b = side_embeddings(model, corpus[1])
+    np.testing.assert_allclose(scores, chain.score_pairs(a, b), rtol=1e-6)  # float32 embeddings, two read paths
+    assert res["backend"] == "whiten+lengthnorm+plda"
+    assert res["backend_info"] == {"name": "whiten+lengthnorm+plda", "source": "model file", "calibrated": True}
+    labels = np.array([1, 0, 0])
+    direct_cllr = (np.mean([math.log2(1 + math.exp(-s)) for s in scores[labels == 1]])
+                   + np.mean([math.log2(1 + math.exp(s)) for s in scores[labels == 0]])) / 2
+    assert res["cllr"] == pytest.approx(direct_cllr, rel=1e-12)
+    p_miss = np.mean(scores[labels == 1] < math.log(99))
+    p_fa = np.mean(scores[labels == 0] >= math.log(99))
+    assert res["act_dcf_0.01"] == pytest.approx((0.01 * p_miss + 0.99 * p_fa) / 0.01)
+    assert res["min_cllr"] == pytest.approx(min_cllr(scores, labels)) and res["min_cllr"] <= res["cllr"] + 1e-12
+    forced, cos = run_eval(model, corpus, backend="cosine")
+    np.testing.assert_allclose(cos, np.einsum("nd,nd->n", a, b), rtol=1e-6)
+    assert forced["backend"] == "cosine" and forced["backend_info"]["source"] == "cosine"
+    assert "cllr" not in forced and "act_dcf_0.01" not in forced
+    assert forced["min_cllr"] == pytest.approx(min_cllr(cos, labels))
+    with pytest.raises(ValueError, match=r"asnorm.*'whiten\+lengthnorm\+plda'.*--backend cosine"):
+        ev.evaluate(model, *corpus, score_norm="asnorm", cohort="c.csv", cache=False, progress=False)
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    """A manifest of 8 files of 3 speakers (relative paths, a speaker column)."""
+    rows = []
+    for i in range(8):
+        rel = f"bk/s{i % 3}_{i}.wav"
+        write_audio(tmp_path / rel, seconds=1.0 + 0.1 * i, freq=180.0 + 90 * (i % 3) + 7 * i)
+        rows.append(f"{rel},spk{i % 3},1.0\n")
+    manifest = tmp_path / "backend.csv"
+    manifest.write_text("path,speaker,duration\n" + "".join(rows))
+    return manifest
+
+
+def test_evaluate_fits_a_preset_on_a_labelled_manifest(small_model, corpus, labelled, tmp_path, capsys):
+    from sslspeaker.backends import BackendChain
+    from sslspeaker.data.manifest import read_manifest
+
+    res, scores = run_eval(small_model, corpus, backend="lda", backend_data=labelled)
+    entries = read_manifest(labelled)
+    x = np.stack([small_model.embed(e.path) for e in entries])
+    chain = BackendChain.build("lda").fit(x, [e.speaker for e in entries])
+    np.testing.assert_allclose(scores, chain.score_pairs(*side_embeddings(small_model, corpus[1])), atol=1e-5)
+    info = res["backend_info"]
+    assert res["backend"] == "lda" and info["source"] == "fitted here (preset lda)" and info["calibrated"] is False
+    assert info["data"]["speakers"] == 3 and info["data"]["utterances"] == 8
+    assert info["data"]["manifest"] == str(labelled.resolve()) and "cllr" not in res
+    text = labelled.read_text().replace("spk1,", ",", 1)
+    labelled.write_text(text)
+    with pytest.raises(ValueError, match=r"backend.csv: back-end data needs a speaker for every file .* 1 of 8"):
+        run_eval(small_model, corpus, backend="lda", backend_data=labelled)
+    with pytest.raises(ValueError, match=r"backend 'plda' is fitted on labelled embeddings: give backend_data"):
+        run_eval(small_model, corpus, backend="plda")
+    with pytest.raises(ValueError, match=r"backend='svm': expected one of model, cosine, lda, plda, lda_plda"):
+        run_eval(small_model, corpus, backend="svm")
+    labelled.write_text(text.replace(",,", ",spk1,"))
+    out = tmp_path / "cli" / "r.json"
+    assert main(["evaluate", "--model", str(OLD / "model.safetensors"), "--trials", str(corpus[0]), "--audio-root",
+                 str(corpus[1]), "--backend", "lda", "--backend-data", str(labelled), "--out", str(out),
+                 "--no-cache", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "back-end lda (fitted here (preset lda) on 8 utterances of 3 speakers)" in printed
+    saved = json.loads(out.read_text())
+    assert f"min Cllr {saved['min_cllr']:.4f} (scores are not calibrated" in printed
+    assert saved["backend"] == "lda" and saved["eer"] == res["eer"]
+
+
+def test_cache_entries_of_the_wrong_size_are_recomputed(small_model, corpus, tmp_path):
+    from sslspeaker.evaluation.cache import EmbeddingCache
+    from sslspeaker.evaluation.protocols import get_protocol
+
+    trials, root = corpus
+    clean = ev.evaluate(small_model, trials, root, cache=False, progress=False)
+    folder = tmp_path / "cache"
+    forged = EmbeddingCache(folder, small_model.fingerprint, get_protocol("full"), embed_dim=16)
+    for rel in FILES:
+        p = str(root / rel)
+        forged.put(forged.key(p, rel), np.ones((1, 8), np.float32) / np.sqrt(8))  # right keys, 8-d entries
+    forged.save()
+    res = ev.evaluate(small_model, trials, root, cache=folder, progress=False)
+    assert res["embedding"]["computed"] == 3 and res["embedding"]["from_cache"] == 0
+    assert res["eer"] == clean["eer"] and res["scores"] == clean["scores"]
+    again = ev.evaluate(small_model, trials, root, cache=folder, progress=False)  # now a valid file
+    assert again["embedding"]["from_cache"] == 3 and again["scores"] == clean["scores"]
+    with np.load(again["embedding"]["cache"]) as z:
+        assert z["embeddings"].shape == (3, 1, 16)
+    for emb, why in ((np.ones((3, 1, 16)), "dtype float64"), (np.full((3, 1, 16), np.nan, np.float32), "NaN"),
+                     (np.ones((3, 16), np.float32), "shape (3, 16)")):
+        from sslspeaker.evaluation.cache import cache_problem
+
+        assert why in cache_problem(np.array(["k1", "k2", "k3"]), emb, 16)
+    assert cache_problem(np.array(["k1"]), np.ones((3, 1, 16), np.float32), 16) == "1 keys for 3 embeddings"

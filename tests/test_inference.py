@@ -404,3 +404,125 @@ def test_bundled_default_model_loads_and_verifies(tmp_path):
     assert v.shape == (256,) and abs(float(np.linalg.norm(v)) - 1.0) < 1e-5
     score, same = enc.verify(wave, wave)
     assert score > 0.999 and same
+
+
+# ---- the model file's back-end and calibration ------------------------------------------------------
+def fitted_backend(dim: int, preset: str = "plda", calibrate: bool = True, seed: int = 0):
+    """A chain fitted on synthetic Gaussian speakers of ``dim`` dimensions, calibrated on their trials."""
+    from sslspeaker.backends import BackendChain
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((12, dim))
+    labels = np.repeat(np.arange(12), 6)
+    x = centres[labels] + 0.5 * rng.standard_normal((len(labels), dim))
+    chain = BackendChain.build(preset).fit(x, labels)
+    if calibrate:
+        i, j = np.triu_indices(len(labels), k=1)
+        chain.calibrate(x[i], x[j], (labels[i] == labels[j]).astype(int), prior=0.05)
+    return chain
+
+
+OLD_MODEL = OLD / "model.safetensors"  # 16-d embeddings
+
+
+def test_export_stores_a_calibrated_backend_and_the_bayes_threshold(tmp_path, wave):
+    from safetensors.torch import load_file
+
+    chain = fitted_backend(16)
+    path = export_model(OLD / "run", tmp_path / "m.safetensors", backend=chain, prior=0.05)
+    tensors, meta = read_model_file(path)
+    assert meta["format_version"] == 2 and meta["backend"] == chain.to_state()[0] and meta["prior"] == 0.05
+    stored = {k[len("backend."):]: v for k, v in load_file(str(path)).items() if k.startswith("backend.")}
+    assert set(stored) == set(chain.to_state()[1]) and set(tensors) - {f"backend.{k}" for k in stored} == \
+        set(read_model_file(OLD_MODEL)[0])
+    model = SpeakerEncoder.load(path)
+    assert model.backend.name == "whiten+lengthnorm+plda" and model.calibrated and model.prior == 0.05
+    assert model.threshold == pytest.approx(np.log(0.95 / 0.05), abs=1e-12)
+    assert model.threshold_source == "Bayes, p_target 0.05"
+    other = wave[::-1].copy()
+    ea, eb = model.embed(wave), model.embed(other)
+    llr = float(chain.score_pairs(ea[None], eb[None])[0])
+    assert model.score_embeddings(ea, eb) == pytest.approx(llr, rel=1e-12)
+    assert model.score(wave, other) == pytest.approx(llr, rel=1e-9)
+    assert model.verify(wave, other) == (pytest.approx(llr, rel=1e-9), llr >= np.log(19))
+    assert model.decision_threshold(prior=0.01) == (pytest.approx(np.log(99)), "Bayes, p_target 0.01")
+    np.testing.assert_allclose(model.score_embeddings(np.stack([ea, eb]), np.stack([eb, eb])),
+                               chain.score_pairs(np.stack([ea, eb]), np.stack([eb, eb])), rtol=1e-12)
+    # the embeddings do not depend on the back-end
+    assert model.fingerprint == SpeakerEncoder.load(OLD_MODEL).fingerprint
+
+
+def test_export_backend_defaults_and_refusals(tmp_path, wave):
+    from sslspeaker.inference.model_file import DEFAULT_PRIOR
+
+    calibrated = export_model(OLD / "run", tmp_path / "c.safetensors", backend=fitted_backend(16))
+    m = SpeakerEncoder.load(calibrated)
+    assert m.prior == DEFAULT_PRIOR == 0.01 and m.threshold == pytest.approx(np.log(99))
+    plain = fitted_backend(16, "lda", calibrate=False)
+    m = SpeakerEncoder.load(export_model(OLD / "run", tmp_path / "u.safetensors", backend=plain, threshold=0.3))
+    assert not m.calibrated and m.prior is None and m.threshold == 0.3 and m.backend.name == "lda"
+    ea, eb = (v / np.linalg.norm(v) for v in np.random.default_rng(5).standard_normal((2, 16)))
+    assert m.score_embeddings(ea, eb) == pytest.approx(float(plain.score_pairs(ea[None], eb[None])[0]), rel=1e-12)
+    assert abs(m.score_embeddings(ea, eb) - float(ea @ eb)) > 0.05  # LDA, not cosine
+    with pytest.raises(ValueError, match="a prior needs a calibrated model"):
+        m.decision_threshold(prior=0.01)
+    with pytest.raises(ValueError, match="prior needs a calibrated back-end"):
+        export_model(OLD / "run", tmp_path / "x.safetensors", backend=plain, prior=0.01)
+    with pytest.raises(ValueError, match="threshold or a prior, not both"):
+        export_model(OLD / "run", tmp_path / "x.safetensors", backend=fitted_backend(16), prior=0.01, threshold=1.0)
+    with pytest.raises(ModelError, match=r"'backend.input_dim' is 8 but the encoder gives 16"):
+        export_model(OLD / "run", tmp_path / "x.safetensors", backend=fitted_backend(8))
+    assert not (tmp_path / "x.safetensors").exists()
+    for old in (OLD_MODEL, OLD / "run"):
+        assert SpeakerEncoder.load(old).backend is None
+
+
+def test_a_damaged_backend_in_a_model_file_is_a_model_error_naming_the_field(tmp_path):
+    from safetensors.torch import save_file
+
+    good = export_model(OLD / "run", tmp_path / "m.safetensors", backend=fitted_backend(16))
+    tensors, meta = read_model_file(good)
+
+    def write(name, t, m):
+        save_file(t, str(tmp_path / name), metadata={"sslspeaker": json.dumps(m)})
+        return tmp_path / name
+
+    missing = {k: v for k, v in tensors.items() if k != "backend.2.plda.mean"}
+    with pytest.raises(ModelError, match=r"missing.safetensors: metadata field 'backend': .*'mean' is missing"):
+        SpeakerEncoder.load(write("missing.safetensors", missing, meta))
+    nan = dict(tensors, **{"backend.0.whiten.mean": torch.full((16,), float("nan"), dtype=torch.float64)})
+    with pytest.raises(ModelError, match=r"nan.safetensors: metadata field 'backend': .*holds NaN or inf"):
+        SpeakerEncoder.load(write("nan.safetensors", nan, meta))
+    no_config = {k: v for k, v in meta.items() if k not in ("backend", "prior")}
+    with pytest.raises(ModelError, match=r"orphans.safetensors: tensors .* under 'backend.' but no metadata"):
+        SpeakerEncoder.load(write("orphans.safetensors", tensors, no_config))
+    bad_prior = dict(meta, prior=1.5)
+    with pytest.raises(ModelError, match=r"prior.safetensors: metadata field 'prior' must be a number in \(0, 1\)"):
+        SpeakerEncoder.load(write("prior.safetensors", tensors, bad_prior))
+
+
+def test_cli_verify_with_a_calibrated_model_prints_the_llr(tmp_path, capsys):
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    write_audio(a, seconds=1.5, freq=200.0)
+    write_audio(b, seconds=1.5, freq=330.0)
+    path = export_model(OLD / "run", tmp_path / "m.safetensors", backend=fitted_backend(16))
+    llr = SpeakerEncoder.load(path).score(a, b)
+    decision = lambda t: "same speaker" if llr >= t else "different speakers"  # noqa: E731
+    assert main(["verify", "--model", str(path), str(a), str(b)]) == 0
+    assert capsys.readouterr().out.strip() == f"llr {llr:.2f}  threshold 4.60 (Bayes, p_target 0.01)  ->  " \
+                                              f"{decision(np.log(99))}"
+    assert main(["verify", "--model", str(path), str(a), str(b), "--prior", "0.5"]) == 0
+    assert capsys.readouterr().out.strip() == f"llr {llr:.2f}  threshold 0.00 (Bayes, p_target 0.5)  ->  {decision(0)}"
+    assert main(["verify", "--model", str(path), str(a), str(b), "--threshold", str(llr - 0.01)]) == 0
+    assert capsys.readouterr().out.strip().endswith("(--threshold)  ->  same speaker")
+    assert main(["verify", "--model", str(path), str(a), str(b), "--prior", "0.2", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["llr"] == pytest.approx(llr) and rec["prior"] == 0.2 and rec["threshold"] == pytest.approx(np.log(4))
+    assert rec["same_speaker"] is bool(llr >= np.log(4)) and rec["backend"] == "whiten+lengthnorm+plda"
+    for bad, message in ((["--prior", "1.5"], "--prior must be a probability in (0, 1), got 1.5"),
+                         (["--prior", "0.1", "--threshold", "1"], "give --threshold or --prior, not both")):
+        assert main(["verify", "--model", str(path), str(a), str(b), *bad]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert main(["verify", "--model", str(OLD_MODEL), str(a), str(b), "--prior", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --prior: ") and "not log-likelihood ratios" in err

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..fileio import atomic_open, atomic_path
+
 
 def _unique_names(paths: list[str]) -> list[str]:
     """One output stem per input: the file stem, or stem-2, stem-3, ... where stems collide."""
@@ -23,45 +25,75 @@ def _unique_names(paths: list[str]) -> list[str]:
     return names
 
 
-def run(args: argparse.Namespace) -> int:
-    import numpy as np
+def _output_folder(out: str) -> Path:
+    """``--out`` created (with its parents); an ``OSError`` naming the option otherwise."""
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"--out {out}: cannot create the output folder ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OSError(f"--out {out}: the output folder is not writable")
+    return folder
 
+
+def _embed_all(model, files: list[str]) -> tuple[list, int]:
+    """([(path, embedding)] of the usable files, number refused); each refusal is one line on stderr."""
     from ..data.audio import AudioError
-    from ..inference.model import SpeakerEncoder
 
-    model = SpeakerEncoder.load(args.model, args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    done: list[tuple[str, "np.ndarray"]] = []
-    failed = 0
-    for path in args.files:
+    done, failed = [], 0
+    for path in files:
         try:
-            if not os.path.isfile(path):
-                raise AudioError(path, "no such file")
             done.append((path, model.embed(path)))
         except (AudioError, ValueError) as exc:
             failed += 1
             print(f"error: skipped {exc}", file=sys.stderr)
+    return done, failed
+
+
+def write_npy(out: Path, done: list) -> str:
+    import numpy as np
+
+    names = _unique_names([p for p, _ in done])
+    for (_, e), name in zip(done, names):
+        with atomic_path(out / f"{name}.npy", suffix=".npy") as tmp:
+            np.save(tmp, e)
+    with atomic_open(out / "index.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "embedding"])
+        w.writerows([path, f"{name}.npy"] for (path, _), name in zip(done, names))
+    return f"{len(done)} .npy files in {out} (index.csv maps inputs to files)"
+
+
+def write_npz(out: Path, done: list, dim: int) -> str:
+    import numpy as np
+
+    emb = np.stack([e for _, e in done]) if done else np.zeros((0, dim), np.float32)
+    with atomic_path(out / "embeddings.npz", suffix=".npz") as tmp:
+        np.savez(tmp, paths=np.array([p for p, _ in done], dtype=str), embeddings=emb)
+    return f"{out / 'embeddings.npz'} (arrays 'paths' [N], 'embeddings' [N, {dim}])"
+
+
+def write_csv(out: Path, done: list, dim: int) -> str:
+    with atomic_open(out / "embeddings.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path"] + [f"e{i}" for i in range(dim)])
+        w.writerows([path] + [f"{v:.8g}" for v in e] for path, e in done)
+    return str(out / "embeddings.csv")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference.model import SpeakerEncoder
+
+    model = SpeakerEncoder.load(args.model, args.device)
+    out = _output_folder(args.out)
+    done, failed = _embed_all(model, args.files)
     if args.format == "npy":
-        names = _unique_names([p for p, _ in done])
-        with open(out / "index.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "embedding"])
-            for (path, e), name in zip(done, names):
-                np.save(out / f"{name}.npy", e)
-                w.writerow([path, f"{name}.npy"])
-        where = f"{len(done)} .npy files in {out} (index.csv maps inputs to files)"
+        where = write_npy(out, done)
     elif args.format == "npz":
-        emb = np.stack([e for _, e in done]) if done else np.zeros((0, model.embed_dim), np.float32)
-        np.savez(out / "embeddings.npz", paths=np.array([p for p, _ in done], dtype=str), embeddings=emb)
-        where = f"{out / 'embeddings.npz'} (arrays 'paths' [N], 'embeddings' [N, {model.embed_dim}])"
+        where = write_npz(out, done, model.embed_dim)
     else:
-        with open(out / "embeddings.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path"] + [f"e{i}" for i in range(model.embed_dim)])
-            for path, e in done:
-                w.writerow([path] + [f"{v:.8g}" for v in e])
-        where = str(out / "embeddings.csv")
+        where = write_csv(out, done, model.embed_dim)
     print(f"embedded {len(done)} of {len(args.files)} files -> {where}"
           + (f"; {failed} failed (see above)" if failed else ""))
     return 1 if failed else 0

@@ -11,11 +11,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.score_norm == "asnorm" and not args.cohort:
         raise ValueError("--score-norm asnorm needs --cohort MANIFEST (utterances of other speakers)")
+    _check_backend_arguments(args)
     model = SpeakerEncoder.load(args.model, args.device)
     res = evaluate(model, args.trials, args.audio_root, protocol=args.protocol, out=args.out,
                    cache=False if args.no_cache else args.cache, score_norm=args.score_norm,
                    cohort=args.cohort, top_k=args.top_k, progress=not args.quiet,
-                   embedding_norm=args.embedding_norm, norm_data=args.norm_data)
+                   embedding_norm=args.embedding_norm, norm_data=args.norm_data,
+                   backend=args.backend, backend_data=args.backend_data)
     proto = res["protocol"]
     norm = f" + AS-norm (top {res['score_norm']['effective_top_k']} of {res['score_norm']['cohort_size']})" \
         if res["score_norm"] else ""
@@ -27,13 +29,35 @@ def run(args: argparse.Namespace) -> int:
         where = f"the {en['utterances']} trial utterances" if en["data"] == "trials" else \
             f"{en['utterances']} utterances of {en['manifest']}"
         print(f"embedding norm {en['name']} over {where}")
+    print(backend_line(res["backend_info"]))
     print(f"EER {res['eer']:.3f}% (threshold {res['eer_threshold']:.4f})  "
           f"minDCF(0.01) {res['min_dcf_0.01']:.4f}  minDCF(0.05) {res['min_dcf_0.05']:.4f}")
+    if "cllr" in res:
+        print(f"Cllr {res['cllr']:.4f}  min Cllr {res['min_cllr']:.4f}  actual DCF(0.01) {res['act_dcf_0.01']:.4f}")
+    else:
+        print(f"min Cllr {res['min_cllr']:.4f} (scores are not calibrated log-likelihood ratios)")
     e = res["embedding"]
     print(f"embeddings: {e['computed']} computed, {e['from_cache']} from cache"
           + (f" ({e['cache']})" if e["cache"] else ""))
     print(f"results: {args.out}  plots: {res['plots']['scores']}, {res['plots']['det']}")
     return 0
+
+
+def _check_backend_arguments(args: argparse.Namespace) -> None:
+    from ..backends import PRESETS
+
+    if args.backend in PRESETS and not args.backend_data:
+        raise ValueError(f"--backend {args.backend} is fitted on labelled embeddings: give --backend-data MANIFEST "
+                         "(its speaker column, real or pseudo labels, gives the classes)")
+    if args.backend_data and args.backend not in PRESETS:
+        raise ValueError(f"--backend-data goes with --backend {'|'.join(PRESETS)} (not {args.backend})")
+
+
+def backend_line(info: dict) -> str:
+    """``back-end whiten+lengthnorm+plda (model file, calibrated)``."""
+    where = info["source"] + (f" on {info['data']['utterances']} utterances of {info['data']['speakers']} speakers"
+                              if "data" in info else "")
+    return f"back-end {info['name']} ({where}{', calibrated' if info['calibrated'] else ''})"
 
 
 def add_parser(sub) -> None:
@@ -59,6 +83,11 @@ def add_parser(sub) -> None:
     p.add_argument("--norm-data", default="trials",
                    help="the speech those statistics come from: 'trials' (the trial list's own utterances, "
                         "default) or a manifest CSV of in-domain utterances")
+    p.add_argument("--backend", default="model", choices=["model", "cosine", "lda", "plda", "lda_plda"],
+                   help="model: the model file's back-end (cosine when it has none; default); cosine: force "
+                        "cosine; lda|plda|lda_plda: fit that back-end here on --backend-data")
+    p.add_argument("--backend-data", help="manifest CSV whose speaker column (real or pseudo labels) trains "
+                                          "the --backend preset, embedded with the model")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

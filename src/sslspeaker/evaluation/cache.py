@@ -7,6 +7,10 @@ protocol) in the cache folder (default ``$XDG_CACHE_HOME/sslspeaker`` or
 feature/encoder metadata) and the protocol's name+parameters hash; inside, each utterance is
 keyed by a hash of its absolute path, mtime and size (and, for randomly placed segments, the
 seed key). A changed model or protocol uses another file; a changed audio file another key.
+
+What a cache file returns is checked: a file whose embeddings are not float32 arrays
+[n, segments, D] with the model's D, all finite, or whose key count disagrees, is ignored
+(with a warning) and its utterances are embedded again.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from tqdm import tqdm
 
 from ..fileio import atomic_path
 from .protocols import Protocol
+from .scoring import check_vectors
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +45,30 @@ def default_cache_dir() -> Path:
 class EmbeddingCache:
     """Per-utterance embeddings [n, D] of one (model, protocol) pair in one ``.npz`` file."""
 
-    def __init__(self, folder: str | os.PathLike, model_fingerprint: str, protocol: Protocol):
+    def __init__(self, folder: str | os.PathLike, model_fingerprint: str, protocol: Protocol,
+                 embed_dim: int | None = None):
         self.folder = Path(folder)
         self.protocol = protocol
+        self.embed_dim = embed_dim  # the model's embedding size: entries of another size are refused
         self.path = self.folder / f"{model_fingerprint[:20]}-{protocol.tag}.npz"
         self.info = {"model_fingerprint": model_fingerprint, "protocol": protocol.to_dict()}
-        self.entries: dict[str, np.ndarray] = {}
         self.dirty = 0
-        self._load()
+        self.entries: dict[str, np.ndarray] = self._read()
 
-    def _load(self) -> None:
+    def _read(self) -> dict[str, np.ndarray]:
+        """The cache file's entries, or none (with a warning) when it is unreadable or fails ``cache_problem``."""
         if not self.path.is_file():
-            return
+            return {}
         try:
             with np.load(self.path, allow_pickle=False) as z:
                 keys, emb = z["keys"], z["embeddings"]
-            self.entries = {str(k): emb[i] for i, k in enumerate(keys)}
+            problem = cache_problem(keys, emb, self.embed_dim)
         except Exception as exc:  # a damaged cache is only a cache: start again
-            log.warning("ignoring unreadable embedding cache %s (%s)", self.path, exc)
-            self.entries = {}
+            problem = f"unreadable: {exc}"
+        if problem:
+            log.warning("ignoring embedding cache %s (%s); embedding again", self.path, problem)
+            return {}
+        return {str(k): emb[i] for i, k in enumerate(keys)}
 
     def key(self, path: str, seed_key: str | None) -> str:
         st = os.stat(path)
@@ -78,15 +88,27 @@ class EmbeddingCache:
         if not self.dirty:
             return
         if self.path.is_file():  # keep what another process added meanwhile
-            other = EmbeddingCache.__new__(EmbeddingCache)
-            other.path, other.entries = self.path, {}
-            other._load()
-            self.entries = {**other.entries, **self.entries}
+            self.entries = {**self._read(), **self.entries}
         keys = np.array(sorted(self.entries), dtype="U40")
         emb = np.stack([self.entries[k] for k in keys]) if len(keys) else np.zeros((0, 0, 0), np.float32)
         with atomic_path(self.path, suffix=".npz") as tmp:  # the suffix: np.savez would append one
             np.savez(tmp, keys=keys, embeddings=emb, info=np.array(json.dumps(self.info)))
         self.dirty = 0
+
+
+def cache_problem(keys: np.ndarray, emb: np.ndarray, embed_dim: int | None) -> str | None:
+    """Why a cache file's (keys, embeddings) cannot be used, or None."""
+    if keys.ndim != 1 or len(keys) != len(emb):
+        return f"{keys.size} keys for {len(emb)} embeddings"
+    if not len(keys):
+        return None
+    if emb.dtype != np.float32 or emb.ndim != 3:
+        return f"embeddings of dtype {emb.dtype} and shape {emb.shape}, expected float32 [n, segments, dim]"
+    if embed_dim is not None and emb.shape[2] != embed_dim:
+        return f"{emb.shape[2]}-dimensional entries, the model gives {embed_dim}"
+    if not np.isfinite(emb).all():
+        return "entries hold NaN or inf"
+    return None
 
 
 # ---- embedding many utterances ------------------------------------------------------------
@@ -120,6 +142,7 @@ def embed_utterances(model, protocol: Protocol, items: list[tuple[str, str]], ca
         try:
             for (path, seed_key, key), fut in _read_ahead(lambda it: protocol.load(it[0], it[1]), todo):
                 emb = model.embed_waves(fut.result())
+                check_vectors({path: emb})
                 out[path] = emb
                 if cache is not None:
                     cache.put(key, emb)
@@ -135,4 +158,4 @@ def embed_utterances(model, protocol: Protocol, items: list[tuple[str, str]], ca
     return out, stats
 
 
-__all__ = ["default_cache_dir", "EmbeddingCache", "embed_utterances"]
+__all__ = ["default_cache_dir", "EmbeddingCache", "cache_problem", "embed_utterances"]

@@ -6,10 +6,13 @@
    (``cache``), into one vector per utterance (``protocols.utterance_vector``);
 2. **normalise**: optional embedding normalisation, (v − μ)/σ over unlabelled in-domain
    speech (``normalise``);
-3. **score**: the back-end's score of each trial (``scoring``, cosine by default), then
-   optional AS-norm against a cohort;
-4. **record**: EER/minDCF and everything needed to reproduce them, as a dict; with ``out``,
-   the two plots and the JSON file (written once).
+3. **score**: the back-end's score of each trial (``scoring``), then optional AS-norm against
+   a cohort. The back-end is the model file's own when it carries one, else cosine; or one
+   forced by name ("cosine"), or a ``BackendChain`` preset fitted here on the embeddings of a
+   labelled manifest (``backend_data``, real or pseudo speaker labels), or any object;
+4. **record**: EER/minDCF, Cllr/min Cllr/actual DCF for calibrated log-likelihood ratios (min
+   Cllr only otherwise), and everything needed to reproduce them, as a dict; with ``out``, the
+   two plots and the JSON file (written once).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.manifest import Trial, read_manifest, read_trials, resolve
+from ..backends import PRESETS, BackendChain
+from ..data.manifest import Entry, Trial, read_manifest, read_trials, resolve
 from ..fileio import atomic_write_text, file_sha256, utc_now
 from .cache import EmbeddingCache, default_cache_dir, embed_utterances
 from .normalise import EMBEDDING_NORMS, adapt_embeddings, as_norm, cohort_statistics, set_statistics
@@ -42,7 +46,9 @@ class EvalOptions:
     needs ``cohort`` (a manifest of other speakers' utterances) and uses each side's top
     ``top_k`` cohort scores. ``embedding_norm`` ("mean" or "zscore") adapts the embeddings to
     ``norm_data``: None or "trials" (the trial list's own utterances, unlabelled) or a manifest.
-    ``backend`` scores the trials (None: ``CosineBackend``).
+    ``backend`` scores the trials: None or "model" (the model file's back-end, else cosine),
+    "cosine", a ``BackendChain`` preset name (fitted on ``backend_data``, a manifest whose
+    speaker column labels every file) or an object with ``score_pairs`` and ``name``.
     """
 
     protocol: str | Protocol = "full"
@@ -52,10 +58,11 @@ class EvalOptions:
     top_k: int = 200
     embedding_norm: str | None = None
     norm_data: str | os.PathLike | None = None
-    backend: Backend | None = None
+    backend: Backend | str | None = None
+    backend_data: str | os.PathLike | None = None
 
     def checked(self) -> "EvalOptions":
-        """The same options with "none" read as None, the protocol looked up and the back-end set."""
+        """The same options with "none" read as None, the protocol looked up and the back-end name checked."""
         score_norm = None if self.score_norm in (None, "none") else self.score_norm
         if score_norm not in (None, "asnorm"):
             raise ValueError(f"score_norm={self.score_norm!r}: expected none or asnorm")
@@ -64,12 +71,44 @@ class EvalOptions:
         embedding_norm = None if self.embedding_norm in (None, "none") else self.embedding_norm
         if embedding_norm is not None and embedding_norm not in EMBEDDING_NORMS:
             raise ValueError(f"embedding_norm={self.embedding_norm!r}: expected none, mean or zscore")
-        backend = self.backend if self.backend is not None else CosineBackend()
-        if score_norm and not isinstance(backend, CosineBackend):
-            raise ValueError(f"score_norm=asnorm scores the cohort by cosine; back-end {backend.name!r} "
-                             "has no cohort scoring")
+        backend = _backend_spec(self.backend, self.backend_data)
+        if score_norm and backend != "model":
+            _check_asnorm(backend)
         return dataclasses.replace(self, protocol=get_protocol(self.protocol), score_norm=score_norm,
                                    embedding_norm=embedding_norm, backend=backend)
+
+
+BACKEND_NAMES = ("model", "cosine", *PRESETS)
+
+
+def _backend_spec(backend, backend_data) -> Backend | str:
+    """``backend`` checked: "cosine" as a ``CosineBackend``, None as "model", a preset only with ``backend_data``."""
+    backend = "model" if backend is None else backend
+    if not isinstance(backend, str):
+        return backend
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"backend={backend!r}: expected one of {', '.join(BACKEND_NAMES)} or a back-end object")
+    if backend in PRESETS and backend_data is None:
+        raise ValueError(f"backend {backend!r} is fitted on labelled embeddings: give backend_data "
+                         "(--backend-data MANIFEST, whose speaker column labels every file)")
+    return CosineBackend() if backend == "cosine" else backend
+
+
+def _check_asnorm(backend) -> None:
+    if not isinstance(backend, CosineBackend):
+        name = backend if isinstance(backend, str) else backend.name
+        raise ValueError(f"score_norm=asnorm scores the cohort by cosine; back-end {name!r} "
+                         "has no cohort scoring (--backend cosine)")
+
+
+def _model_backend(opts: EvalOptions, model) -> EvalOptions:
+    """``opts`` with "model" replaced by the model's back-end (or cosine when it has none)."""
+    if opts.backend != "model":
+        return opts
+    backend = model.backend if model.backend is not None else CosineBackend()
+    if opts.score_norm:
+        _check_asnorm(backend)
+    return dataclasses.replace(opts, backend=backend)
 
 
 def _options(options: EvalOptions | None, settings: dict) -> EvalOptions:
@@ -140,7 +179,8 @@ def _load_model(model, device: str | None):
 def _open_cache(cache, model, protocol: Protocol) -> EmbeddingCache | None:
     if cache is False:
         return None
-    return EmbeddingCache(default_cache_dir() if cache in (None, True) else cache, model.fingerprint, protocol)
+    return EmbeddingCache(default_cache_dir() if cache in (None, True) else cache, model.fingerprint, protocol,
+                          embed_dim=model.embed_dim)
 
 
 # ---- stage 1: embed --------------------------------------------------------------------------
@@ -150,15 +190,42 @@ def embed_trial_set(model, protocol: Protocol, trial_set: TrialSet, store, progr
     return {p: utterance_vector(e) for p, e in emb.items()}, stats
 
 
-def embed_manifest(model, protocol: Protocol, manifest, store, progress: bool, desc: str) -> tuple[np.ndarray, dict]:
-    """Utterance vectors [M, D] of a manifest's files (cached like the trials') and a record of the set."""
+def _manifest_entries(manifest, desc: str) -> tuple[Path, dict[str, Entry]]:
+    """(the manifest's path, its entries by path, first one kept), non-empty."""
     path, entries = _read_list(manifest, read_manifest, f"{desc} manifest", f"empty {desc} manifest")
+    unique: dict[str, Entry] = {}
+    for e in entries:
+        unique.setdefault(e.path, e)
+    return path, unique
+
+
+def _embed_files(model, protocol: Protocol, path: Path, files: list[str], store, progress: bool,
+                 desc: str) -> tuple[np.ndarray, dict]:
     base = path.resolve().parent
-    items = list({e.path: os.path.relpath(e.path, base) for e in entries}.items())
-    _check_files([p for p, _ in items], f"{desc} {path}")
+    items = [(p, os.path.relpath(p, base)) for p in files]
+    _check_files(files, f"{desc} {path}")
     emb, stats = embed_utterances(model, protocol, items, store, progress, desc=desc)
     info = {"manifest": str(path.resolve()), "sha256": file_sha256(path), "utterances": len(items), "embedding": stats}
-    return np.stack([utterance_vector(emb[p]) for p, _ in items]), info
+    return np.stack([utterance_vector(emb[p]) for p in files]), info
+
+
+def embed_manifest(model, protocol: Protocol, manifest, store, progress: bool, desc: str) -> tuple[np.ndarray, dict]:
+    """Utterance vectors [M, D] of a manifest's files (cached like the trials') and a record of the set."""
+    path, entries = _manifest_entries(manifest, desc)
+    return _embed_files(model, protocol, path, list(entries), store, progress, desc)
+
+
+def embed_labelled_manifest(model, protocol: Protocol, manifest, store, progress: bool,
+                            desc: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(utterance vectors [M, D], speaker labels [M], record) of a manifest whose every file has a speaker."""
+    path, entries = _manifest_entries(manifest, desc)
+    unlabelled = [p for p, e in entries.items() if not e.speaker]
+    if unlabelled:
+        raise ValueError(f"{path}: {desc} needs a speaker for every file (real or pseudo labels); "
+                         f"{len(unlabelled)} of {len(entries)} have none, e.g. {unlabelled[0]}")
+    vectors, info = _embed_files(model, protocol, path, list(entries), store, progress, desc)
+    labels = np.array([e.speaker for e in entries.values()])
+    return vectors, labels, {**info, "speakers": int(len(set(labels.tolist())))}
 
 
 # ---- stage 2: normalise ----------------------------------------------------------------------
@@ -185,6 +252,29 @@ def normalise_embeddings(model, opts: EvalOptions, vectors: dict[str, np.ndarray
 
 
 # ---- stage 3: score --------------------------------------------------------------------------
+def fit_backend(model, opts: EvalOptions, adapt, store, progress: bool) -> tuple[BackendChain, dict]:
+    """The preset ``opts.backend`` fitted on ``opts.backend_data``'s embeddings (adapted like the trials'), and its record."""
+    vectors, labels, info = embed_labelled_manifest(model, opts.protocol, opts.backend_data, store, progress,
+                                                    "back-end data")
+    if adapt is not None:
+        vectors = adapt(vectors)
+    try:
+        chain = BackendChain.build(opts.backend).fit(vectors, labels)
+    except ValueError as exc:
+        raise ValueError(f"back-end {opts.backend!r} on {info['manifest']}: {exc}") from None
+    return chain, {"name": chain.name, "source": f"fitted here (preset {opts.backend})", "calibrated": False,
+                   "data": info}
+
+
+def backend_stage(model, opts: EvalOptions, adapt, store, progress: bool) -> tuple[Backend, dict]:
+    """(the back-end that scores the trials, its record: name, where it came from, calibrated)."""
+    if isinstance(opts.backend, str):
+        return fit_backend(model, opts, adapt, store, progress)
+    backend = opts.backend
+    source = "model file" if backend is model.backend else ("cosine" if isinstance(backend, CosineBackend) else "given")
+    return backend, {"name": backend.name, "source": source, "calibrated": bool(getattr(backend, "calibrated", False))}
+
+
 def score_stage(model, opts: EvalOptions, trial_set: TrialSet, vectors: dict[str, np.ndarray], adapt, store,
                 progress: bool) -> tuple[np.ndarray, dict | None]:
     """(trial scores by the back-end, AS-normalised when asked; the AS-norm record or None)."""
@@ -239,15 +329,28 @@ def _score_summary(scores: np.ndarray, labels: np.ndarray) -> dict:
             "nontarget_mean": float(scores[labels == 0].mean()), "nontarget_std": float(scores[labels == 0].std())}
 
 
+def llr_figures(scores: np.ndarray, labels: np.ndarray, calibrated: bool) -> dict:
+    """min Cllr of any scores; with calibrated LLRs also Cllr and the actual DCF at the Bayes threshold (p = 0.01)."""
+    from .llr_metrics import actual_dcf, cllr, min_cllr
+
+    figures = {"min_cllr": min_cllr(scores, labels)}
+    if calibrated:
+        figures = {"cllr": cllr(scores, labels), **figures, "act_dcf_0.01": actual_dcf(scores, labels, 0.01)}
+    return figures
+
+
 def results_record(model, opts: EvalOptions, trial_set: TrialSet, scores: np.ndarray, norms: dict,
                    embedding: dict) -> dict:
-    """The results dict: metrics, then what produced them (``norms``: "score_norm" and "embedding_norm" records)."""
+    """The results dict: metrics, then what produced them (``norms``: "score_norm", "embedding_norm" and
+    "backend" records)."""
     from .. import __version__
 
-    metrics = metrics_from_scores(scores, trial_set.labels)
+    calibrated = norms["backend"]["calibrated"] and norms["score_norm"] is None
+    metrics = {**metrics_from_scores(scores, trial_set.labels), **llr_figures(scores, trial_set.labels, calibrated)}
     return {**{k: _json_float(v) for k, v in metrics.items()}, "n_trials": len(trial_set.trials),
             "protocol": opts.protocol.to_dict(), "score_norm": norms["score_norm"],
-            "embedding_norm": norms["embedding_norm"], "backend": opts.backend.name,
+            "embedding_norm": norms["embedding_norm"], "backend": norms["backend"]["name"],
+            "backend_info": norms["backend"],
             "trials": _trials_record(trial_set), "model": _model_record(model), "config": model.config,
             "scores": _score_summary(scores, trial_set.labels), "embedding": embedding, "sslspeaker": __version__,
             "date": utc_now(), "seconds": None, "plots": None}
@@ -264,22 +367,40 @@ def evaluate(model, trials_path: str | os.PathLike, audio_root: str | os.PathLik
     how to score. Writes ``out`` (JSON) and its two PNGs when ``out`` is given; returns the results dict.
     """
     t_start = time.perf_counter()
-    model = _load_model(model, device)
+    check_out_path(out)
     opts = _options(options, settings)
+    model = _load_model(model, device)
+    opts = _model_backend(opts, model)
     trial_set = read_trial_set(trials_path, audio_root)
     store = _open_cache(opts.cache, model, opts.protocol)
     vectors, emb_stats = embed_trial_set(model, opts.protocol, trial_set, store, progress)
     vectors, adapt, emb_norm = normalise_embeddings(model, opts, vectors, store, progress)
+    backend, backend_record = backend_stage(model, opts, adapt, store, progress)
+    opts = dataclasses.replace(opts, backend=backend)
     scores, score_norm = score_stage(model, opts, trial_set, vectors, adapt, store, progress)
     embedding = {**emb_stats, "cache": str(store.path) if store else None, "device": str(model.device)}
-    results = results_record(model, opts, trial_set, scores, {"score_norm": score_norm, "embedding_norm": emb_norm},
-                             embedding)
+    norms = {"score_norm": score_norm, "embedding_norm": emb_norm, "backend": backend_record}
+    results = results_record(model, opts, trial_set, scores, norms, embedding)
     if out is not None:
         write_plots(results, out, scores, trial_set.labels)
     results["seconds"] = round(time.perf_counter() - t_start, 2)
     if out is not None:
         write_json(results, out)
     return results
+
+
+def check_out_path(out: str | os.PathLike | None) -> None:
+    """Refuse, before any work, a results path that is a folder or whose folder cannot be written."""
+    if out is None:
+        return
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder; give the results file to write (e.g. {out / 'results.json'})")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write there ({parent} is not a writable folder)")
 
 
 def plot_paths(out: str | os.PathLike) -> tuple[Path, Path]:
@@ -319,6 +440,7 @@ def write_results(results: dict, out: str | os.PathLike, scores, labels) -> dict
 
 
 __all__ = ["EvalOptions", "TrialSet", "evaluate", "read_trial_set", "embed_trial_set", "embed_manifest",
+           "embed_labelled_manifest", "fit_backend", "backend_stage", "llr_figures", "check_out_path", "BACKEND_NAMES",
            "normalise_embeddings", "score_stage", "asnorm_scores", "results_record", "embed_utterances",
            "score_trials", "cohort_statistics", "as_norm", "set_statistics", "adapt_embeddings",
            "metrics_from_scores", "EmbeddingCache", "default_cache_dir", "plot_paths", "write_plots", "write_json",

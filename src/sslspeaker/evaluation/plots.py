@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import atomic_path
+
 
 def _pyplot():
     import matplotlib
@@ -22,8 +24,11 @@ def _save(plt, fig, path: str | os.PathLike) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -39,8 +39,16 @@ class CosineBackend:
         return np.einsum("nd,nd->n", a, b)
 
 
+def check_vectors(vectors: dict[str, np.ndarray]) -> None:
+    """Every utterance vector finite; else a ``ValueError`` naming the first file whose vector is not."""
+    for path, v in vectors.items():
+        if not np.isfinite(v).all():
+            raise ValueError(f"{path}: its embedding holds NaN or inf (a broken model or input); refusing to score it")
+
+
 def trial_sides(trials: list[Trial], vectors: dict[str, np.ndarray], audio_root) -> tuple[np.ndarray, np.ndarray]:
-    """The stacked vectors [n, D] of every trial's first and second utterance."""
+    """The stacked vectors [n, D] of every trial's first and second utterance (all checked finite)."""
+    check_vectors(vectors)
     a = np.stack([vectors[resolve(t.a, audio_root)] for t in trials])
     b = np.stack([vectors[resolve(t.b, audio_root)] for t in trials])
     return a, b
@@ -68,5 +76,5 @@ def metrics_from_scores(scores, labels) -> dict:
     return out
 
 
-__all__ = ["Backend", "CosineBackend", "P_TARGETS", "trial_sides", "score_trials", "trial_labels",
+__all__ = ["Backend", "CosineBackend", "P_TARGETS", "check_vectors", "trial_sides", "score_trials", "trial_labels",
            "metrics_from_scores"]

@@ -1,4 +1,10 @@
-"""Training run folder or ``.pt`` checkpoint -> a self-contained ``.safetensors`` model file."""
+"""Training run folder or ``.pt`` checkpoint -> a self-contained ``.safetensors`` model file.
+
+With a fitted ``BackendChain`` the file also carries the back-end (its arrays as ``backend.*``
+tensors, its config as the metadata field ``"backend"``), and the stored threshold applies to
+its scores. For a calibrated chain the default decision is the Bayes threshold on the
+log-likelihood ratio at a stated target prior (``prior``, default ``DEFAULT_PRIOR``).
+"""
 
 from __future__ import annotations
 
@@ -7,22 +13,61 @@ from pathlib import Path
 
 from ..fileio import utc_now
 from ..inference.checkpoint_source import read_checkpoint
-from ..inference.model_file import build_modules, embed_dim, save_model
+from ..inference.model_file import (DEFAULT_PRIOR, FORMAT_VERSION, backend_tensors, build_modules, embed_dim,
+                                    read_backend, save_model)
+
+
+def decision(backend, threshold: float | None, threshold_source: str | None,
+             prior: float | None) -> tuple[float | None, str | None, float | None]:
+    """(threshold, its source, prior) to store: given, or the Bayes threshold at ``prior`` for a calibrated chain."""
+    from ..evaluation.llr_metrics import bayes_threshold
+
+    calibrated = backend is not None and backend.calibrated
+    if prior is not None and not calibrated:
+        raise ValueError("export: prior needs a calibrated back-end (its scores are log-likelihood ratios)")
+    if prior is not None and threshold is not None:
+        raise ValueError("export: give a threshold or a prior, not both")
+    if threshold is not None:
+        return float(threshold), threshold_source or "given at export", None
+    if not calibrated:
+        return None, None, None
+    prior = DEFAULT_PRIOR if prior is None else prior
+    if not (isinstance(prior, (int, float)) and 0.0 < prior < 1.0):
+        raise ValueError(f"export: prior must be a probability in (0, 1), got {prior!r}")
+    return bayes_threshold(prior), f"Bayes, p_target {prior:g}", float(prior)
+
+
+def _add_backend(meta: dict, tensors: dict, backend, where: str) -> None:
+    """Store ``backend`` in ``meta`` and ``tensors``, checked by reading it back as ``SpeakerEncoder.load`` will."""
+    config, arrays = backend.to_state()
+    meta["backend"], meta["format_version"] = config, FORMAT_VERSION
+    tensors.update(backend_tensors(arrays))
+    read_backend(meta, arrays, where, meta["embed_dim"])
 
 
 def export_model(checkpoint_or_run_dir: str | os.PathLike, out_path: str | os.PathLike,
-                 threshold: float | None = None, threshold_source: str | None = None) -> Path:
-    """Write the checkpoint's encoder, its front end's settings and (optionally) a decision threshold."""
+                 threshold: float | None = None, threshold_source: str | None = None,
+                 backend=None, prior: float | None = None) -> Path:
+    """Write the checkpoint's encoder, its front end's settings, optionally a back-end and a decision threshold.
+
+    ``backend``: a fitted ``BackendChain`` on this encoder's embeddings. ``prior`` (calibrated
+    chains only): the target prior of the default decision, whose Bayes threshold is stored.
+    Non-finite weights are refused (``ModelError``).
+    """
     from .. import __version__
 
     state, meta, _ = read_checkpoint(checkpoint_or_run_dir)
-    encoder, _ = build_modules(meta, state, str(checkpoint_or_run_dir))  # checks the weights fit
+    where = str(checkpoint_or_run_dir)
+    encoder, _ = build_modules(meta, state, where)  # checks the metadata, finite weights that fit
     meta["embed_dim"] = embed_dim(encoder, meta)
-    if threshold is not None:
-        meta["threshold"] = float(threshold)
-        meta["threshold_source"] = threshold_source or "given at export"
+    tensors = dict(encoder.state_dict())
+    if backend is not None:
+        _add_backend(meta, tensors, backend, where)
+    meta["threshold"], meta["threshold_source"], stated_prior = decision(backend, threshold, threshold_source, prior)
+    if stated_prior is not None:
+        meta["prior"] = stated_prior
     meta["provenance"].update(exported=utc_now(), sslspeaker=__version__)
-    return save_model(out_path, encoder.state_dict(), meta)
+    return save_model(out_path, tensors, meta)
 
 
-__all__ = ["export_model"]
+__all__ = ["export_model", "decision"]

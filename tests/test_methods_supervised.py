@@ -34,7 +34,8 @@ def make(name: str, seed: int = 0, **options):
 
 
 def direct_losses(m, x: torch.Tensor, labels: torch.Tensor) -> list[float]:
-    """Each view's AAM-softmax cross-entropy −log(e^(s·cos(θ_y+m)) / (e^(s·cos(θ_y+m)) + Σ_{j≠y} e^(s·cos θ_j)))."""
+    """Each view's AAM-softmax cross-entropy
+    −log(e^(s·cos(θ_y+m)) / (e^(s·cos(θ_y+m)) + Σ_{j≠y} e^(s·cos θ_j)))."""
     emb = encode_views(m.encoder, nn.Identity(), x, normalize=False).flatten(0, 1).detach()
     y = labels.repeat_interleave(x.shape[1])
     out = []
@@ -184,12 +185,12 @@ def test_label_correction_trains_confident_rows_on_the_predicted_class():
     logits = torch.tensor([[0.0, 10.0, 0.0, 0.0, 0.0]]).expand(6, 5)
     loss, logs = m(x, labels)
     assert loss.item() == pytest.approx(F.cross_entropy(logits, torch.ones(6, dtype=torch.long)).item(), abs=1e-6)
-    assert logs["acc"] == 1.0  # against the corrected labels
+    assert logs["acc"] == 1.0 and logs["relabelled"] == pytest.approx(5 / 6)  # all but the row labelled 1
     strict = make("softmax", relabel_threshold=0.9999)  # p_1 below it: the labels stand
     strict.load_state_dict(m.state_dict())
     loss, logs = strict(x, labels)
     assert loss.item() == pytest.approx(F.cross_entropy(logits, labels).item(), abs=1e-5)
-    assert logs["acc"] == pytest.approx(1 / 6)
+    assert logs["acc"] == pytest.approx(1 / 6) and logs["relabelled"] == 0.0
     later = make("softmax", relabel_threshold=0.99, gate_after=0.5)  # no correction in the first phase
     later.load_state_dict({**m.state_dict(), "noise_handling": torch.tensor(False)})
     loss, _ = later(x, labels)

@@ -112,6 +112,7 @@ class Classified(NamedTuple):
     kept: Tensor  # number of rows in that sum
     correct: Tensor  # labelled rows whose argmax is their (corrected) label
     labelled: Tensor  # rows with a label ≥ 0
+    relabelled: Tensor  # labelled rows whose label the correction replaced
 
 
 class _Classifier(Method):
@@ -178,16 +179,18 @@ class _Classifier(Method):
     def classification_loss(self, emb: Tensor, labels: Tensor) -> Classified:
         """The (corrected) cross-entropy of the labelled rows, summed over the rows the loss gate keeps."""
         keep = labels >= 0
+        row_losses = torch.full(labels.shape, math.inf, device=emb.device)  # +∞: unlabelled, never kept
         if not bool(keep.any()):
-            self.loss_gate(torch.full(labels.shape, math.inf, device=emb.device))  # every rank joins its gather
+            self.loss_gate(row_losses)  # every rank joins the gate's gather
             zero = emb.sum() * 0.0 + sum(p.sum() for p in self.classifier_params()) * 0.0
-            return Classified(zero, keep.sum(), keep.sum(), keep.sum())
+            return Classified(zero, keep.sum(), keep.sum(), keep.sum(), keep.sum())
         y = self.corrected_labels(emb[keep], labels[keep])
         logits = self.class_logits(emb[keep], y)
         losses = per_sample_cross_entropy(logits, y)
-        gate = self.loss_gate(torch.full(labels.shape, math.inf, device=emb.device).masked_scatter(keep, losses.detach()))
+        gate = self.loss_gate(row_losses.masked_scatter(keep, losses.detach()))
         correct = (logits.detach().argmax(dim=1) == y).sum()
-        return Classified(gated_mean(losses, gate, "sum"), (losses.detach() < gate).sum(), correct, keep.sum())
+        return Classified(gated_mean(losses, gate, "sum"), (losses.detach() < gate).sum(), correct, keep.sum(),
+                          (y != labels[keep]).sum())
 
     def after_step(self, step: int, total_steps: int) -> None:
         """The noise handling switches on after round(gate_after · total_steps) steps (and stays on)."""
@@ -207,8 +210,10 @@ class _Classifier(Method):
         return loss, {**dict(zip(("loss", "acc", "labelled"), stats.tolist())), **self.gate_logs(c)}
 
     def gate_logs(self, c: Classified) -> dict[str, float]:
-        """The share of labelled rows the loss gate kept (only when a gate is configured)."""
-        return {"kept": float(c.kept) / max(1, int(c.labelled))} if self.gated else {}
+        """The shares of labelled rows the loss gate kept and the correction relabelled (those configured)."""
+        n = max(1, int(c.labelled))
+        logs = {"kept": float(c.kept) / n} if self.gated else {}
+        return {**logs, "relabelled": float(c.relabelled) / n} if self.options.relabel_threshold else logs
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         state_dict.setdefault(prefix + "noise_handling", self.noise_handling)  # checkpoints from before the gate

@@ -262,3 +262,16 @@ def test_semi_supervised_count_is_every_speaker_and_an_explicit_count_is_kept(sp
     one = speaker_cfg(speakers, "method.options={n_classes: 0, gate: -1.0}")
     with pytest.raises(ConfigError, match="method: need gate >= 0"):
         build_parts(one)
+
+
+def test_selftrain_recipe_takes_its_class_count_from_the_pseudo_label_manifest(speakers):
+    from pathlib import Path
+
+    from sslspeaker.training.build import build_parts
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "selftrain_aam_speechocean762.yaml"
+    cfg = load_config(recipe, [f"data.train={speakers / 'train.csv'}", "model.encoder=fast_resnet34"])
+    assert cfg.method.options["n_classes"] == 0
+    assert (cfg.method.options["gate_fraction"], cfg.method.options["gate_after"]) == (0.0, 0.0)  # off by default
+    parts = build_parts(cfg)
+    assert cfg.method.options["n_classes"] == 3 and parts.method.n_classes == 3 and not parts.method.gated

@@ -50,7 +50,8 @@ class ClassifierOptions(Options):
                                     "relabel_threshold) applies")
     relabel_threshold: float = option(0.0, "label correction (DLG-LC, Han et al. 2022): a row whose margin-free "
                                            "softmax gives another class a probability > this takes that class for "
-                                           "the classification loss; 0: off")
+                                           "the classification loss (and acc); 0: off; use with gate_after: an "
+                                           "untrained classifier at scale 30 is confident already")
 
     def __post_init__(self) -> None:
         if self.gate < 0 or not 0 <= self.gate_fraction < 1 or (self.gate and self.gate_fraction):

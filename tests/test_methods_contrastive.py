@@ -331,7 +331,8 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 CASES = [("sym_am", "simclr", {"margin": 0.2, "temperature": 0.1}),
          ("asym", "simclr", {"symmetric": False}),
-         ("aamsupcon", "aamsupcon", {})]
+         ("aamsupcon", "aamsupcon", {}),
+         ("gated", "aamsoftmax", {"gate_fraction": 0.3})]  # one gate over the ranks' 10 labelled rows
 LABELS = [torch.tensor([0, 1, -1, 2]), torch.tensor([1, -1, -1, 3])]  # uneven labelled counts per rank
 
 
@@ -342,6 +343,13 @@ def _single_process_loss(key: str, name: str, options: dict) -> tuple[torch.Tens
     if name == "simclr":
         z = torch.cat([m.embed(x) for x in xs])
         loss = nt_xent(z, m.temperature, m.margin, m.symmetric)
+    elif name == "aamsoftmax":  # the 7 lowest of the 10 labelled rows' losses: ⌊0.3 · 10⌋ left out
+        emb = torch.cat([encode_views(m.encoder, nn.Identity(), x, normalize=False).flatten(0, 1) for x in xs])
+        y = torch.cat([lab.repeat_interleave(2) for lab in LABELS])
+        keep = y >= 0
+        cos = F.normalize(emb[keep], dim=1) @ F.normalize(m.weight, dim=1).t()
+        losses = F.cross_entropy(aam_softmax_logits(cos, y[keep], m.margin, m.scale), y[keep], reduction="none")
+        loss = losses.sort().values[:7].mean()
     else:
         emb = torch.cat([encode_views(m.encoder, nn.Identity(), x, normalize=False).flatten(0, 1) for x in xs])
         y = torch.cat([lab.repeat_interleave(3) for lab in LABELS])

@@ -157,3 +157,36 @@ def supcon(
         pos = pos[keep]
         per_anchor = -log_prob.masked_fill(~pos, 0.0).sum(dim=1) / pos.sum(dim=1)
         return per_anchor.mean() if reduction == "mean" else per_anchor.sum()
+
+
+# ---- per-sample losses and loss gates (label noise of pseudo-labels) ----------------------------
+def per_sample_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """ℓ_i = −log(e^(logits_i,y_i) / Σ_j e^(logits_ij))  — each row's cross-entropy, shape [N], float32."""
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        return F.cross_entropy(logits.float(), labels, reduction="none")
+
+
+def fraction_gate(losses: Tensor, fraction: float) -> Tensor:
+    """g = ℓ_(n−⌊q·n⌋+1), the smallest of the ⌊q·n⌋ highest of the n finite losses (+∞ when ⌊q·n⌋ = 0): ℓ < g leaves them out."""
+    finite = losses[torch.isfinite(losses)].float()
+    n = finite.numel()
+    dropped = math.floor(fraction * n)
+    if dropped == 0:
+        return torch.tensor(math.inf, device=losses.device)
+    return finite.kthvalue(n - dropped + 1).values
+
+
+def gated_mean(losses: Tensor, gate: Tensor | float, reduction: str = "mean") -> Tensor:
+    """L = Σ_i ℓ_i·[ℓ_i < g] / max(1, Σ_i [ℓ_i < g])  (loss-gated learning, Tao et al. 2022); 0 when no row is kept; "sum": the numerator."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"gated_mean: reduction must be 'mean' or 'sum', got {reduction!r}")
+    kept = losses.detach() < gate
+    total = torch.where(kept, losses, torch.zeros_like(losses)).sum()  # a left-out +∞ adds neither ∞ nor NaN
+    return total if reduction == "sum" else total / kept.sum().clamp(min=1).to(total.dtype)
+
+
+def relabelled(logits: Tensor, labels: Tensor, threshold: float) -> Tensor:
+    """ŷ_i = argmax_j p_ij if max_j p_ij > τ else y_i, p_i = softmax(logits_i)  (label correction, DLG-LC, Han et al. 2022)."""
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        top, best = F.softmax(logits.float(), dim=1).max(dim=1)
+    return torch.where(top > threshold, best, labels)

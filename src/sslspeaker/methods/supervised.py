@@ -5,16 +5,22 @@ Every view of an utterance is a training example with the utterance's label. Row
 (speakers whose labels were dropped by ``data.labelled_fraction < 1``) are encoded with the
 batch but ignored by the losses; a batch without labelled rows gives a zero loss.
 
-Number of classes: the classifier needs it when it is built, before the data is read, so it is
-the method option ``n_classes`` (required): set it to the number of distinct speakers in
-``data.train`` (the dataset numbers the speakers 0..n−1 in sorted order; e.g. 1,211 for
-VoxCeleb1 dev, 5,994 for VoxCeleb2 dev). A label ≥ n_classes stops training with an error
-naming the option.
+Number of classes: the classifier needs it when it is built, as the method option ``n_classes``.
+0 (the default) means the number of distinct speakers in ``data.train``: the training build step
+fills it in (``with_class_count``) and the run's saved config records it; the dataset numbers the
+speakers 0..n−1 in sorted order (e.g. 1,211 for VoxCeleb1 dev, 5,994 for VoxCeleb2 dev). A method
+built directly needs n_classes ≥ 2; a label ≥ n_classes stops training with an error naming the option.
+
+Pseudo-labels (self-training on clusters) are noisy: the loss gate (``gate`` or ``gate_fraction``)
+leaves each step's high-loss rows out of the mean, and ``relabel_threshold`` lets confident
+predictions replace a row's label, both from ``gate_after`` of the planned steps on.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +28,10 @@ from torch import Tensor, nn
 
 from ..distributed import gather_nograd, gather_with_grad
 from .base import Method
-from .losses import aam_softmax_logits, am_softmax_logits, supcon
+from .losses import (aam_softmax_logits, am_softmax_logits, fraction_gate, gated_mean, per_sample_cross_entropy,
+                     relabelled, supcon)
 from .options import Options, option
-from .registry import register_method
+from .registry import method_class, register_method
 from .views import (ProjectorOptions, check_views, embed_dim_of, encode_views, local_offset, projection_head,
                     require_labels, share_of_global_mean, supcon_anchor_count)
 
@@ -33,7 +40,27 @@ from .views import (ProjectorOptions, check_views, embed_dim_of, encode_views, l
 class ClassifierOptions(Options):
     """A speaker classifier's options."""
 
-    n_classes: int = option(0, "number of training speakers (required)")
+    n_classes: int = option(0, "number of training speakers; 0: the speakers of data.train (the build step fills "
+                               "it in and the run's config.yaml records it)")
+    gate: float = option(0.0, "loss-gated learning (Tao et al. 2022): only rows whose cross-entropy is < gate enter "
+                              "the mean (their code: 1, 3, 3, 5, 6 per pseudo-label round, AAM-softmax); 0: off")
+    gate_fraction: float = option(0.0, "scale-free loss gate: leave out the highest-loss fraction q of each step's "
+                                       "labelled rows (all ranks together); 0: off; not with gate")
+    gate_after: float = option(0.0, "fraction of the planned steps trained on every row before the gate (and "
+                                    "relabel_threshold) applies")
+    relabel_threshold: float = option(0.0, "label correction (DLG-LC, Han et al. 2022): a row whose margin-free "
+                                           "softmax gives another class a probability > this takes that class for "
+                                           "the classification loss (and acc); 0: off; use with gate_after: an "
+                                           "untrained classifier at scale 30 is confident already")
+
+    def __post_init__(self) -> None:
+        if self.gate < 0 or not 0 <= self.gate_fraction < 1 or (self.gate and self.gate_fraction):
+            raise ValueError(f"need gate >= 0, 0 <= gate_fraction < 1 and not both set, got gate={self.gate}, "
+                             f"gate_fraction={self.gate_fraction}")
+        if not 0 <= self.gate_after < 1:
+            raise ValueError(f"need 0 <= gate_after < 1, got gate_after={self.gate_after}")
+        if not 0 <= self.relabel_threshold < 1:
+            raise ValueError(f"need 0 <= relabel_threshold < 1, got relabel_threshold={self.relabel_threshold}")
 
 
 @dataclass
@@ -44,6 +71,7 @@ class MarginOptions(ClassifierOptions):
     scale: float = option(30.0, "logit scale s")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.scale <= 0 or self.margin < 0:
             raise ValueError(f"need scale > 0 and margin >= 0, got scale={self.scale}, margin={self.margin}")
 
@@ -70,8 +98,30 @@ class AAMSupConOptions(AAMOptions, ProjectorOptions):
             raise ValueError(f"aamsupcon: temperature must be > 0, got {self.temperature}")
 
 
+def with_class_count(name: str, options: dict, n_speakers: int) -> dict:
+    """A new options dict: n_classes = ``n_speakers`` when method ``name`` is a classifier whose n_classes is 0
+    or absent; otherwise ``options`` unchanged."""
+    if not issubclass(method_class(name).Options, ClassifierOptions) or options.get("n_classes", 0) != 0:
+        return dict(options)
+    return {**options, "n_classes": n_speakers}
+
+
+class Classified(NamedTuple):
+    """One batch's classification terms (local rows)."""
+
+    loss_sum: Tensor  # Σ cross-entropy over the kept rows
+    kept: Tensor  # number of rows in that sum
+    correct: Tensor  # labelled rows whose argmax is their (corrected) label
+    labelled: Tensor  # rows with a label ≥ 0
+    relabelled: Tensor  # labelled rows whose label the correction replaced
+
+
 class _Classifier(Method):
-    """Encoder + a classifier over ``n_classes`` speakers; subclasses define the logits."""
+    """Encoder + a classifier over ``n_classes`` speakers; subclasses define the logits.
+
+    Label noise (pseudo-labels): from ``gate_after`` of the planned steps on, ``relabel_threshold``
+    corrects confident rows' labels and ``gate`` / ``gate_fraction`` leave the high-loss rows out of the mean.
+    """
 
     Options = ClassifierOptions
     needs_labels = True
@@ -84,8 +134,19 @@ class _Classifier(Method):
                              f"(method.options.n_classes), got {n_classes!r}")
         self.n_classes = n_classes
         self.embed_dim = embed_dim_of(self.name, encoder)
+        # the noise handling is on (kept in the checkpoint: a resumed run does not re-open its first phase)
+        self.register_buffer("noise_handling", torch.tensor(self.options.gate_after == 0))
+
+    @property
+    def gated(self) -> bool:
+        """A loss gate is configured."""
+        return bool(self.options.gate or self.options.gate_fraction)
 
     def class_logits(self, emb: Tensor, labels: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def plain_logits(self, emb: Tensor) -> Tensor:
+        """The logits without any target margin (what the classifier predicts)."""
         raise NotImplementedError
 
     def classifier_params(self) -> list[nn.Parameter]:
@@ -100,27 +161,64 @@ class _Classifier(Method):
                              f"to the number of speakers in data.train")
         return labels.repeat_interleave(V)
 
-    def classification_loss(self, emb: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(Σ cross-entropy over labelled rows, number of labelled rows, number correct)."""
+    def corrected_labels(self, emb: Tensor, labels: Tensor) -> Tensor:
+        """Labels with confident predictions taken over (relabel_threshold, once the noise handling is on)."""
+        if not (self.options.relabel_threshold and bool(self.noise_handling)):
+            return labels
+        with torch.no_grad():
+            return relabelled(self.plain_logits(emb.detach()), labels, self.options.relabel_threshold)
+
+    def loss_gate(self, losses: Tensor) -> Tensor:
+        """This step's gate g over the rows' losses [N] (+∞ at unlabelled rows): a row enters the mean if ℓ < g."""
+        o = self.options
+        if not (self.gated and bool(self.noise_handling)):
+            return torch.tensor(math.inf, device=losses.device)
+        if o.gate:
+            return torch.tensor(float(o.gate), device=losses.device)
+        return fraction_gate(gather_nograd(losses), o.gate_fraction)  # the same gate on every rank
+
+    def classification_loss(self, emb: Tensor, labels: Tensor) -> Classified:
+        """The (corrected) cross-entropy of the labelled rows, summed over the rows the loss gate keeps."""
         keep = labels >= 0
+        row_losses = torch.full(labels.shape, math.inf, device=emb.device)  # +∞: unlabelled, never kept
         if not bool(keep.any()):
+            self.loss_gate(row_losses)  # every rank joins the gate's gather
             zero = emb.sum() * 0.0 + sum(p.sum() for p in self.classifier_params()) * 0.0
-            return zero, keep.sum(), keep.sum()
-        logits = self.class_logits(emb[keep], labels[keep])
-        loss = F.cross_entropy(logits, labels[keep], reduction="sum")
-        correct = (logits.detach().argmax(dim=1) == labels[keep]).sum()
-        return loss, keep.sum(), correct
+            return Classified(zero, keep.sum(), keep.sum(), keep.sum(), keep.sum())
+        y = self.corrected_labels(emb[keep], labels[keep])
+        logits = self.class_logits(emb[keep], y)
+        losses = per_sample_cross_entropy(logits, y)
+        gate = self.loss_gate(row_losses.masked_scatter(keep, losses.detach()))
+        correct = (logits.detach().argmax(dim=1) == y).sum()
+        return Classified(gated_mean(losses, gate, "sum"), (losses.detach() < gate).sum(), correct, keep.sum(),
+                          (y != labels[keep]).sum())
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """The noise handling switches on after round(gate_after · total_steps) steps (and stays on)."""
+        super().after_step(step, total_steps)
+        if not bool(self.noise_handling) and step + 1 >= round(self.options.gate_after * total_steps):
+            self.noise_handling.fill_(True)
 
     def forward(self, feats: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """feats: [B, V≥1, n_mels, frames], labels [B] (−1 = unlabelled); returns (mean cross-entropy, logs)."""
         check_views(self.name, feats, 1)
         y = self.labels_per_view(feats, labels)
         emb = encode_views(self.encoder, nn.Identity(), feats, normalize=False).flatten(0, 1)
-        loss_sum, count, correct = self.classification_loss(emb, y)
-        loss = share_of_global_mean(loss_sum, count)  # mean over the labelled rows of all ranks
+        c = self.classification_loss(emb, y)
+        loss = share_of_global_mean(c.loss_sum, c.kept)  # mean over the kept rows of all ranks
         with torch.no_grad():
-            stats = torch.stack([loss.detach(), correct.float() / count.clamp(min=1), count.float()])
-        return loss, dict(zip(("loss", "acc", "labelled"), stats.tolist()))
+            stats = torch.stack([loss.detach(), c.correct.float() / c.labelled.clamp(min=1), c.labelled.float()])
+        return loss, {**dict(zip(("loss", "acc", "labelled"), stats.tolist())), **self.gate_logs(c)}
+
+    def gate_logs(self, c: Classified) -> dict[str, float]:
+        """The shares of labelled rows the loss gate kept and the correction relabelled (those configured)."""
+        n = max(1, int(c.labelled))
+        logs = {"kept": float(c.kept) / n} if self.gated else {}
+        return {**logs, "relabelled": float(c.relabelled) / n} if self.options.relabel_threshold else logs
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        state_dict.setdefault(prefix + "noise_handling", self.noise_handling)  # checkpoints from before the gate
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 @register_method("softmax")
@@ -132,6 +230,9 @@ class Softmax(_Classifier):
         self.classifier = nn.Linear(self.embed_dim, self.n_classes)
 
     def class_logits(self, emb: Tensor, labels: Tensor) -> Tensor:
+        return self.plain_logits(emb)
+
+    def plain_logits(self, emb: Tensor) -> Tensor:
         with torch.autocast(device_type=emb.device.type, enabled=False):
             return self.classifier(emb.float())
 
@@ -151,6 +252,10 @@ class _MarginSoftmax(_Classifier):
     def cosines(self, emb: Tensor) -> Tensor:
         with torch.autocast(device_type=emb.device.type, enabled=False):
             return F.normalize(emb.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
+
+    def plain_logits(self, emb: Tensor) -> Tensor:
+        """s·cos θ_ij: the margin-free logits."""
+        return self.scale * self.cosines(emb)
 
     def classifier_params(self) -> list[nn.Parameter]:
         return [self.weight]
@@ -195,14 +300,14 @@ class AAMSupCon(AAMSoftmax):
         check_views(self.name, feats, 2)
         y = self.labels_per_view(feats, labels)
         emb = encode_views(self.encoder, nn.Identity(), feats, normalize=False).flatten(0, 1)  # [B·V, D]
-        aam_sum, count, correct = self.classification_loss(emb, y)
-        aam = share_of_global_mean(aam_sum, count)
+        c = self.classification_loss(emb, y)
+        aam = share_of_global_mean(c.loss_sum, c.kept)
         z = F.normalize(self.projector(emb).float(), dim=1)
         sc_sum = supcon(z, y, self.temperature, gather_with_grad(z), gather_nograd(y), local_offset(z.shape[0]),
                         reduction="sum")
         sc = share_of_global_mean(sc_sum, supcon_anchor_count(y))
         loss = self.supcon_weight * sc + aam
         with torch.no_grad():
-            stats = torch.stack([loss.detach(), sc.detach(), aam.detach(), correct.float() / count.clamp(min=1)])
-        return loss, dict(zip(("loss", "supcon", "aam", "acc"), stats.tolist()))
+            stats = torch.stack([loss.detach(), sc.detach(), aam.detach(), c.correct.float() / c.labelled.clamp(min=1)])
+        return loss, {**dict(zip(("loss", "supcon", "aam", "acc"), stats.tolist())), **self.gate_logs(c)}
 

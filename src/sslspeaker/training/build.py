@@ -21,6 +21,7 @@ from ..data.prepare import scan
 from ..features.mel import LogMel
 from ..methods import build_method
 from ..methods.base import Method, replanned_point
+from ..methods.supervised import with_class_count
 from ..models import build_encoder
 
 
@@ -83,6 +84,16 @@ def build_model(cfg: Config) -> Method:
         raise ConfigError(f"method: {exc}") from None
 
 
+def fill_class_count(cfg: Config, entries: list[Entry]) -> None:
+    """A classifier's method.options.n_classes 0 or absent: the number of speakers in ``entries``, set in ``cfg``
+    (so the run's saved config records it)."""
+    speakers = len({e.speaker for e in entries if e.speaker})  # the speakers the dataset numbers 0..n−1
+    try:
+        cfg.method.options = with_class_count(cfg.method.name, cfg.method.options, speakers)
+    except ValueError as exc:
+        raise ConfigError(f"method: {exc}") from None
+
+
 @dataclass
 class TrainingParts:
     """What a training run is made of, built from its config (in this order: the RNG draws depend on it)."""
@@ -97,6 +108,7 @@ def build_parts(cfg: Config) -> TrainingParts:
     """Data, augmentation, method and features of ``cfg`` (call after seeding torch with ``train.seed``)."""
     seed = cfg.train.seed
     entries = load_all(cfg.data.train)
+    fill_class_count(cfg, entries)
     augmenter = build_augmenter(cfg, seed)
     on_worker = augmenter is not None and not cfg.augment.on_device
     method = build_model(cfg)

@@ -351,12 +351,12 @@ class Trainer:
                    epoch_step0=self.step)
         self.method.train()
         self.method.on_schedule(self.planned_epochs)
-        while self.epoch < self.planned_epochs and not run.stopped:
-            self._train_epoch(run)
-            if run.stopped and self.batch_in_epoch < self.steps_per_epoch:
-                break  # stopped mid-epoch: the checkpoint resumes inside it
-            self._end_epoch(run)
-        bar.close()
+        with contextlib.closing(bar):  # closed before any error is reported
+            while self.epoch < self.planned_epochs and not run.stopped:
+                self._train_epoch(run)
+                if run.stopped and self.batch_in_epoch < self.steps_per_epoch:
+                    break  # stopped mid-epoch: the checkpoint resumes inside it
+                self._end_epoch(run)
         self.save()
         return self._result(run)
 
@@ -410,7 +410,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self._log({"step": self.step, "event": "non-finite loss", "in_a_row": run.nonfinite})
         if run.nonfinite >= self.cfg.train.max_nonfinite:
-            run.bar.close()
             raise TrainingStopped(f"{run.nonfinite} non-finite losses in a row at step {self.step}; "
                                   f"{self._last_good()}")
 

@@ -105,7 +105,8 @@ def test_a_skipped_step_changes_no_buffer(corpus, tmp_path, method):
     with pytest.raises(TrainingStopped, match="1 non-finite losses in a row"):
         t.train()
     after = state_of(t)
-    assert all(torch.equal(before[k], after[k]) for k in before), [k for k in before if not torch.equal(before[k], after[k])]
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == []
     watched = ["encoder.bn.running_mean", "encoder.bn.num_batches_tracked",
                *(["queue", "queue_ptr", "key_encoder.bn.running_mean"] if method == "moco" else ["center"])]
     assert set(watched) <= set(before)
@@ -167,8 +168,9 @@ def test_a_non_finite_state_is_never_saved(corpus, tmp_path):
     good = (tmp_path / CHECKPOINT).read_bytes()
     with torch.no_grad():
         t.method.encoder.fc.weight[0, 0] = float("inf")
-    with pytest.raises(TrainingStopped, match=r"non-finite values in 1 tensors at step 1 \(method\.encoder\.fc\.weight\)"
-                                              r": checkpoint not written; last good checkpoint: step 1"):
+    with pytest.raises(TrainingStopped, match=r"non-finite values in 1 tensors at step 1 "
+                                              r"\(method\.encoder\.fc\.weight\): checkpoint not written; "
+                                              r"last good checkpoint: step 1"):
         t.save()
     assert (tmp_path / CHECKPOINT).read_bytes() == good
 
@@ -322,7 +324,8 @@ def test_bad_init_from_is_one_line(corpus, tmp_path, capsys):
     assert rc == 2 and err == "error: train.init_from: garbage: no such checkpoint"
     torch.save({"position": 1}, tmp_path / "other.pt")
     rc, err = cli(corpus, tmp_path / "c", extra=[f"train.init_from={tmp_path / 'other.pt'}"], capsys=capsys)
-    assert rc == 2 and err == f"error: train.init_from={tmp_path / 'other.pt'}: not a training checkpoint (no method state)"
+    assert rc == 2 and err == (f"error: train.init_from={tmp_path / 'other.pt'}: not a training checkpoint "
+                               f"(no method state)")
 
 
 def test_corrupt_or_foreign_last_checkpoint_on_resume_is_one_line(corpus, tmp_path, capsys):

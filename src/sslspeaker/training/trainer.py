@@ -287,7 +287,8 @@ class Trainer:
         try:
             save_checkpoint(self.out / CHECKPOINT, state)
         except OSError as exc:
-            raise TrainingStopped(f"{_write_failure(exc, self.out)} writing the checkpoint; {self._last_good()}") from None
+            failure = _write_failure(exc, self.out)
+            raise TrainingStopped(f"{failure} writing the checkpoint; {self._last_good()}") from None
         self.last_good_step = self.step
 
     def _last_good(self) -> str:

@@ -5,6 +5,7 @@ a one-line refusal, and no state is lost or silently wrong."""
 import errno
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -71,6 +72,16 @@ def cli(corpus, out, *args, manifest="train.csv", extra=(), capsys=None):
 @pytest.fixture(autouse=True)
 def _recipe(corpus):
     (corpus / "recipe.yaml").write_text("train: {seed: 3}\n")
+
+
+@pytest.fixture(autouse=True)
+def _own_rng():
+    """A Trainer seeds (a resume restores) the global RNGs: later test files get back the states they had."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng():
+        yield
+    np.random.set_state(np_state)
+    random.setstate(py_state)
 
 
 def state_of(trainer):

@@ -8,6 +8,7 @@ the environment, with ``SSLSPEAKER_DATA`` defaulting to the shared data folder.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -23,6 +24,50 @@ from .paths import ENV_VAR, data_root
 
 class ConfigError(ValueError):
     pass
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as people write it: ``1e-3`` and ``1.0e30`` are numbers (YAML 1.1 alone reads them as strings)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML safely (no tags that build objects), reading every common float spelling as a float."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def require(where: str, value: Any, ok: bool, expected: str) -> None:
+    """Raise ``ConfigError`` naming the option ``where`` and its value unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{where}={value!r}: expected {expected}")
+
+
+def require_bounds(section: str, obj: Any, bounds: dict[str, tuple[Any, str]]) -> None:
+    """Each ``name: (test, expected)`` of ``bounds`` holds for the field ``obj.name`` (else ``ConfigError``)."""
+    for name, (test, expected) in bounds.items():
+        value = getattr(obj, name)
+        require(f"{section}.{name}", value, bool(test(value)), expected)
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _non_negative(v) -> bool:
+    return v >= 0
+
+
+def _probability(v) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+POSITIVE, NON_NEGATIVE, PROBABILITY = (_positive, "> 0"), (_non_negative, ">= 0"), (_probability, "in [0, 1]")
+DEVICES = re.compile(r"auto|cpu|cuda(:[0-9]+)?|mps")
 
 
 @dataclass
@@ -45,6 +90,15 @@ class DataConfig:
     workers: int = 1  # DataLoader worker processes (0 = read in the training process)
     prefetch: int = 4
     cache_gb: float = 2.0  # keep decoded training audio in memory when the whole set fits (0 = off)
+
+    def __post_init__(self) -> None:
+        require_bounds("data", self, {
+            "crop_seconds": POSITIVE, "n_views": (lambda v: v >= 1, ">= 1"), "local_crop_seconds": NON_NEGATIVE,
+            "n_local_views": NON_NEGATIVE, "labelled_fraction": PROBABILITY, "workers": NON_NEGATIVE,
+            "prefetch": (lambda v: v >= 1, ">= 1"), "cache_gb": NON_NEGATIVE})
+        if self.n_local_views:
+            require("data.local_crop_seconds", self.local_crop_seconds, self.local_crop_seconds > 0,
+                    "> 0 with data.n_local_views > 0")
 
 
 NOISE_CATEGORIES = ("noise", "music", "babble")  # babble is made of speech files
@@ -113,6 +167,10 @@ class FeatureConfig:
     norm: str = "instance"  # none | mean | instance | global
     preemphasis: float = 0.97
 
+    def __post_init__(self) -> None:
+        require_bounds("features", self, {"n_mels": (lambda v: v >= 1, ">= 1"),
+                                          "preemphasis": ((lambda v: 0.0 <= v < 1.0), "in [0, 1)")})
+
 
 @dataclass
 class ModelConfig:
@@ -137,6 +195,12 @@ class OptimConfig:
     warmup_fraction: float = 0.0  # warm-up as a fraction of the planned steps (follows fit_to_budget re-plans)
     grad_clip: float = 0.0  # max global grad norm; 0 = off
 
+    def __post_init__(self) -> None:
+        require_bounds("optim", self, {
+            "lr": POSITIVE, "momentum": ((lambda v: 0.0 <= v < 1.0), "in [0, 1)"), "weight_decay": NON_NEGATIVE,
+            "warmup_steps": NON_NEGATIVE, "warmup_fraction": ((lambda v: 0.0 <= v < 1.0), "in [0, 1)"),
+            "grad_clip": NON_NEGATIVE})
+
 
 @dataclass
 class ValidationConfig:
@@ -144,6 +208,9 @@ class ValidationConfig:
     audio_root: str | None = None
     every_epochs: int = 1
     max_seconds: float = 0.0  # crop evaluation utterances to this length (0 = full)
+
+    def __post_init__(self) -> None:
+        require_bounds("validation", self, {"every_epochs": NON_NEGATIVE, "max_seconds": NON_NEGATIVE})
 
 
 @dataclass
@@ -163,6 +230,14 @@ class TrainConfig:
     # With a time budget (--max-minutes): re-plan the epoch count at every epoch end from the
     # measured epoch time, so the LR schedule ends inside the budget on a slow or fast machine.
     fit_to_budget: bool = False
+
+    def __post_init__(self) -> None:
+        at_least_one = (lambda v: v >= 1, ">= 1")
+        require_bounds("train", self, {
+            "epochs": at_least_one, "batch_size": at_least_one, "threads": NON_NEGATIVE,
+            "checkpoint_every": NON_NEGATIVE, "log_every": at_least_one, "max_nonfinite": at_least_one,
+            "device": (DEVICES.fullmatch, "auto, cpu, cuda, cuda:N or mps"),
+            "precision": ((lambda v: v in ("fp32", "bf16", "fp16")), "fp32, bf16 or fp16")})
 
 
 @dataclass
@@ -226,6 +301,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -270,7 +347,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, raw = item.split("=", 1)
         raw = _expand(raw)  # before parsing: an unquoted ${VAR} is not valid YAML
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = load_yaml(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
         _set_path(tree, key.strip(), value)
@@ -297,7 +374,7 @@ def read_recipe(path: str | os.PathLike, _seen: tuple = ()) -> dict:
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: base recipes form a cycle ({' -> '.join(str(p) for p in _seen)})")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = load_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such recipe") from None
     except yaml.YAMLError as exc:

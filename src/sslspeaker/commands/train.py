@@ -15,8 +15,11 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..training.trainer import train
 
+    if args.resume and args.force:
+        raise ValueError("train: --resume continues the run in --out, --force starts it over: give one")
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, args.out, resume=args.resume, max_minutes=args.max_minutes)
+    result = train(cfg, args.out, resume=args.resume, max_minutes=args.max_minutes, force=args.force,
+                   overrides=args.overrides)
     print(json.dumps(result))
     return 0
 
@@ -39,7 +42,10 @@ def add_parser(sub) -> None:
     p.add_argument("config", nargs="?", help="YAML recipe (see configs/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=32")
     p.add_argument("--out", help="run folder (checkpoints, logs, resolved config)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint; overrides "
+                   "given with it may change train.epochs, logging, checkpoint and validation options")
+    p.add_argument("--force", action="store_true",
+                   help="start a new run over the one in --out (the old run is moved to --out/replaced-STAMP/)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly with a checkpoint after M minutes")
     p.add_argument("--list", action="store_true", help="list the registered methods (with their options) and encoders")
     p.set_defaults(func=run)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -12,10 +14,38 @@ from ..fileio import atomic_open
 from ..runs import load_checkpoint  # noqa: F401  (the checkpoint format lives below training)
 
 
+RESUME_KEYS = ("config", "method", "optimizer", "scheduler", "scaler", "rng", "position", "history")
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Written atomically (``fileio.atomic_open``): a crash never leaves a half-written file."""
+    """Written atomically (``fileio.atomic_open``): a crash never leaves a half-written file.
+
+    The state is serialised in memory first, so that a failing write (a full disk) raises the
+    ``OSError`` of the write itself, after which the temporary file is removed."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_open(path, "wb") as f:
-        torch.save(state, f)
+        f.write(buffer.getbuffer())
+
+
+def nonfinite_tensors(tree, prefix: str = "") -> Iterator[str]:
+    """The dotted names of the floating-point tensors in ``tree`` (nested dicts and lists) holding NaN or inf."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from nonfinite_tensors(v, f"{prefix}{k}.")
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from nonfinite_tensors(v, f"{prefix}{i}.")
+    elif isinstance(tree, torch.Tensor) and tree.is_floating_point() and not bool(torch.isfinite(tree).all()):
+        yield prefix.rstrip(".")
+
+
+def check_resumable(path: str | os.PathLike, ckpt) -> dict:
+    """``ckpt`` when it holds everything a resume reads, else ``ValueError`` naming the file and what is missing."""
+    missing = [k for k in RESUME_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: not a resumable training checkpoint (no {', '.join(missing)})")
+    return ckpt
 
 
 def rng_state() -> dict:

@@ -8,6 +8,7 @@ checkpoints that resume exactly, validation EER, progress and logs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -21,23 +22,30 @@ import torch
 from tqdm import tqdm
 
 from ..errors import Stopped
+from ..fileio import utc_now
 from ..runs import RUN_CHECKPOINT
 from .. import distributed as dist_utils
-from ..config import Config, ConfigError, config_from_dict, save_config, to_dict
+from ..config import Config, ConfigError, save_config, to_dict
 from ..data.dataset import EpochBatchSampler, collate
-from ..data.manifest import read_trials, resolve
+from ..data.manifest import read_trials
 from ..evaluation.embeddings import embed_files
 from ..evaluation.scoring import metrics_from_scores, score_trials, trial_labels
 from ..methods.base import EpochContext
 from .build import TrainingParts, build_optimizer, build_parts, build_scheduler
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (check_resumable, load_checkpoint, nonfinite_tensors, rng_state, save_checkpoint,
+                         set_rng_state)
+from .preflight import check_config, check_training_files, validation_paths, warn_long_crop
+from .resume import resumed_config
+from .run_folder import claim_run_folder
+from .transaction import BufferSnapshot
 
 log = logging.getLogger(__name__)
 CHECKPOINT = RUN_CHECKPOINT  # the run layout is written once, in runs.py
 
 
 class TrainingStopped(Stopped):
-    """The run stopped itself (non-finite losses); the last good checkpoint is intact."""
+    """The run stopped itself (non-finite losses or state, a failed checkpoint write); the last good
+    checkpoint is intact."""
 
 
 def _device(cfg: Config) -> torch.device:
@@ -108,25 +116,33 @@ class _Run:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, out_dir: str | os.PathLike, resume: bool = False):
+    def __init__(self, cfg: Config, out_dir: str | os.PathLike, resume: bool = False,
+                 overrides: list[str] | None = None):
+        """A resumed run keeps the checkpoint's config (not ``cfg``) with the resumable ``overrides`` applied."""
         self.out = Path(out_dir)
         ckpt = self._checkpoint_to_resume() if resume else None
-        self.cfg = config_from_dict(ckpt["config"]) if ckpt is not None else cfg  # a resumed run keeps its config
+        self.cfg, self.resume_changes = resumed_config(ckpt["config"], overrides) if ckpt is not None else (cfg, {})
+        check_config(self.cfg)
+        self.notes: list[str] = []  # said once at the start, on the console and in log.jsonl
         self._set_up_process()
         self._take_parts(build_parts(self.cfg))
         self._set_up_model()
         self._set_up_optimisation()
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.history: list[dict] = []
+        self.last_good_step: int | None = None  # the step of the last checkpoint written (or resumed from)
         if ckpt is not None:
             self._restore(ckpt)
         self._set_up_outputs()
+        if ckpt is not None:
+            self._log({"step": self.step, "event": "resume", "from_step": self.step, "epoch": self.epoch,
+                       "batch": self.batch_in_epoch, "changed": self.resume_changes})
 
     # ---- set-up stages ------------------------------------------------------------------------
     def _checkpoint_to_resume(self) -> dict:
         if not (self.out / CHECKPOINT).is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {self.out / CHECKPOINT}")
-        return load_checkpoint(self.out / CHECKPOINT)
+        return check_resumable(self.out / CHECKPOINT, load_checkpoint(self.out / CHECKPOINT))
 
     def _set_up_process(self) -> None:
         """Device, precision, process group, threads and the torch seed."""
@@ -149,6 +165,9 @@ class Trainer:
         self.planned_epochs = t.epochs  # re-planned from measured time under train.fit_to_budget
         self.method.on_train_start(n, t.batch_size * self.world)
         self.features = parts.features.to(self.device)
+        check_training_files(self.dataset.entries)
+        long_crop = warn_long_crop(self.dataset.entries, self.cfg.data.crop_seconds)
+        self.notes += [long_crop] if long_crop else []
 
     def _set_up_model(self) -> None:
         """Initial weights, device and memory format, DDP wrapping, compiled encoders."""
@@ -166,6 +185,7 @@ class Trainer:
         if t.compile:
             self._compile_encoders()
         self.forward = self.model
+        self._snapshot = BufferSnapshot(self.method)  # what a skipped step puts back
 
     def _compile_encoders(self) -> None:
         # Compile the encoders in place (state_dict keys unchanged), not the method: its queue
@@ -188,10 +208,12 @@ class Trainer:
         if self.is_main:
             save_config(self.cfg, self.out / "config.yaml")
         self._tb = self._tensorboard()
-        if self.precision != t.precision:  # said once, on the console and in log.jsonl
+        if self.precision != t.precision:
             msg = (f"train.precision={t.precision} runs as {self.precision}: no native {t.precision} on this "
                    f"{torch.backends.cpu.get_cpu_capability()} CPU, where it runs ~10x slower than fp32")
             log.warning(msg)
+            self.notes.append(msg)
+        for msg in self.notes:
             self._log({"step": self.step, "event": msg})
 
     # ---- state ------------------------------------------------------------------------------
@@ -204,9 +226,18 @@ class Trainer:
         return self.rank == 0
 
     def _init_encoder(self, path: str) -> None:
-        state = load_checkpoint(path)["method"]
-        enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-        missing, unexpected = self.method.encoder.load_state_dict(enc, strict=False)
+        try:
+            state = load_checkpoint(path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"train.init_from: {exc}") from None
+        if not isinstance(state, dict) or not isinstance(state.get("method"), dict):
+            raise ConfigError(f"train.init_from={path}: not a training checkpoint (no method state)")
+        enc = {k[len("encoder."):]: v for k, v in state["method"].items() if k.startswith("encoder.")}
+        try:
+            missing, unexpected = self.method.encoder.load_state_dict(enc, strict=False)
+        except RuntimeError as exc:
+            raise ConfigError(f"train.init_from={path}: weights do not fit this encoder "
+                              f"({str(exc).splitlines()[-1].strip()[:200]})") from None
         if missing:
             raise ConfigError(f"train.init_from={path}: encoder weights missing {missing[:3]}...")
         self.method.sync_momentum_copy("encoder")  # momentum copies start from the same weights
@@ -226,7 +257,11 @@ class Trainer:
         }
 
     def _restore(self, ckpt: dict) -> None:
-        self.method.load_state_dict(ckpt["method"])
+        try:
+            self.method.load_state_dict(ckpt["method"])
+        except RuntimeError as exc:
+            raise ValueError(f"{self.out / CHECKPOINT}: its method state does not fit its config "
+                             f"({str(exc).splitlines()[-1].strip()[:200]})") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -235,10 +270,32 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch"]
         self.history = json.loads(ckpt["history"])
         self.planned_epochs = int(ckpt.get("planned_epochs", self.cfg.train.epochs))
+        if "train.epochs" in self.resume_changes:  # told a new length on resume
+            self.planned_epochs = self.cfg.train.epochs
+        self.last_good_step = self.step
 
     def save(self) -> None:
-        if self.is_main:
-            save_checkpoint(self.out / CHECKPOINT, self.state_dict())
+        """Write the checkpoint, never one holding a non-finite tensor (``TrainingStopped`` instead)."""
+        if not self.is_main:
+            return
+        state = self.state_dict()
+        bad = list(nonfinite_tensors({"method": state["method"], "optimizer": state["optimizer"]}))
+        if bad:
+            raise TrainingStopped(f"non-finite values in {len(bad)} tensors at step {self.step} "
+                                  f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): checkpoint not "
+                                  f"written; {self._last_good()}")
+        try:
+            save_checkpoint(self.out / CHECKPOINT, state)
+        except OSError as exc:
+            failure = _write_failure(exc, self.out)
+            raise TrainingStopped(f"{failure} writing the checkpoint; {self._last_good()}") from None
+        self.last_good_step = self.step
+
+    def _last_good(self) -> str:
+        """Where the run can resume from, in words."""
+        if self.last_good_step is None:
+            return "no checkpoint was written (nothing to resume)"
+        return f"last good checkpoint: step {self.last_good_step} ({self.out / CHECKPOINT})"
 
     # ---- logging ----------------------------------------------------------------------------
     def _tensorboard(self):
@@ -253,6 +310,7 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if not self.is_main:
             return
+        record = {**record, "time": utc_now()}
         self.history.append(record) if "eer" in record else None
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -294,12 +352,12 @@ class Trainer:
                    epoch_step0=self.step)
         self.method.train()
         self.method.on_schedule(self.planned_epochs)
-        while self.epoch < self.planned_epochs and not run.stopped:
-            self._train_epoch(run)
-            if run.stopped and self.batch_in_epoch < self.steps_per_epoch:
-                break  # stopped mid-epoch: the checkpoint resumes inside it
-            self._end_epoch(run)
-        bar.close()
+        with contextlib.closing(bar):  # closed before any error is reported
+            while self.epoch < self.planned_epochs and not run.stopped:
+                self._train_epoch(run)
+                if run.stopped and self.batch_in_epoch < self.steps_per_epoch:
+                    break  # stopped mid-epoch: the checkpoint resumes inside it
+                self._end_epoch(run)
         self.save()
         return self._result(run)
 
@@ -314,9 +372,11 @@ class Trainer:
         """One optimiser step on ``batch``; False when its loss was not finite (the step is skipped)."""
         self.batch_in_epoch += 1  # consumed, even if its step is skipped below
         feats, labels, extras = self._inputs(batch)
+        self._snapshot.take()
         with _autocast(self.precision, self.device):
             loss, logs = self.forward(feats, labels, **extras)
         if not torch.isfinite(loss):
+            self._snapshot.restore()  # the forward pass leaves no trace: BN statistics, queues, centres
             self._skip_nonfinite(run)
             return False
         run.nonfinite = 0
@@ -351,9 +411,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self._log({"step": self.step, "event": "non-finite loss", "in_a_row": run.nonfinite})
         if run.nonfinite >= self.cfg.train.max_nonfinite:
-            run.bar.close()
             raise TrainingStopped(f"{run.nonfinite} non-finite losses in a row at step {self.step}; "
-                                  f"last good checkpoint: {self.out / CHECKPOINT}")
+                                  f"{self._last_good()}")
 
     def _optimise(self, loss: torch.Tensor, logs: dict) -> None:
         """Backward, optional gradient clipping (its norm logged), optimiser and LR-schedule step."""
@@ -379,13 +438,24 @@ class Trainer:
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         v = self.cfg.validation
         if v.trials and v.every_epochs and self.epoch % v.every_epochs == 0 and self.is_main:
-            self._log({"step": self.step, "epoch": self.epoch, **self.validate()})
+            self._validate_and_log()
         if run.fit:
             now = time.perf_counter()
             run.epoch_seconds.append((now - run.epoch_t0) * self.steps_per_epoch / max(1, self.step - run.epoch_step0))
             run.epoch_t0, run.epoch_step0 = now, self.step
             self._fit_to_budget(run.epoch_seconds, 60 * run.max_minutes - (now - run.start), run.bar)
         self.save()
+
+    def _validate_and_log(self) -> None:
+        """Validation EER in log.jsonl; a failing validation is logged and training goes on."""
+        try:
+            metrics = self.validate()
+        except Exception as exc:  # validation is a side measurement: it never costs the training state
+            msg = f"validation failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            log.warning(msg)
+            self._log({"step": self.step, "epoch": self.epoch, "event": msg})
+            return
+        self._log({"step": self.step, "epoch": self.epoch, **metrics})
 
     def epoch_context(self) -> EpochContext:
         """What the method is told at the end of the current epoch."""
@@ -450,7 +520,7 @@ class Trainer:
         v = self.cfg.validation
         trials = read_trials(v.trials)
         root = v.audio_root or str(Path(v.trials).parent)
-        paths = [resolve(p, root) for t in trials for p in (t.a, t.b)]
+        paths = validation_paths(v)
         with torch.compiler.set_stance("force_eager"):  # full utterances: a static graph per length would not pay
             emb = embed_files(self.method.inference_encoder(), self.features, paths, self.device, v.max_seconds,
                               progress=False)
@@ -459,10 +529,23 @@ class Trainer:
                 "min_dcf_0.01": round(m["min_dcf_0.01"], 4)}
 
 
+def _write_failure(exc: OSError, out: Path) -> str:
+    """A failed write in words: "no space left on the device of RUN", or the error's own text."""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device of {out}"
+    return f"{exc.strerror or exc} ({exc.filename or out})"
+
+
 def train(cfg: Config, out_dir, resume: bool = False, max_minutes: float | None = None,
-          stop_after_steps: int | None = None) -> dict:
-    trainer = Trainer(cfg, out_dir, resume)
-    return trainer.train(max_minutes, stop_after_steps)
+          stop_after_steps: int | None = None, force: bool = False, overrides: list[str] | None = None) -> dict:
+    """Train in the run folder ``out_dir``, held by this process (the main one of a distributed run) throughout.
+
+    A new run over an existing checkpoint is refused unless ``force`` (the old run is moved aside);
+    ``overrides`` are the command line's, applied on ``resume`` where they can change safely."""
+    main = int(os.environ.get("RANK", "0")) == 0
+    with claim_run_folder(out_dir, resume, force) if main else contextlib.nullcontext():
+        trainer = Trainer(cfg, out_dir, resume, overrides)
+        return trainer.train(max_minutes, stop_after_steps)
 
 
 __all__ = ["Trainer", "train", "TrainingStopped"]

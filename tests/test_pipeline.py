@@ -152,3 +152,18 @@ def test_pipeline_runs_every_stage_and_resumes(corpus, tmp_path, capsys):
     assert main(["pipeline", str(recipe), "--out", str(out), "--resume"]) == 0
     again = json.loads((out / "report.json").read_text())
     assert again["resumed"] == 1 and again["stages"]["ssl"]["finished"] == stages["ssl"]["finished"]
+
+
+@pytest.mark.parametrize("recipe", ["pipeline_speechocean762.yaml", "pipeline_voxceleb2.yaml"])
+def test_shipped_pipeline_recipes_and_their_training_recipes_load(recipe, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from sslspeaker.config import Config, build_dataclass, merge_trees, parse_overrides, read_recipe
+
+    monkeypatch.setenv("SSLSPEAKER_DATA", str(tmp_path))
+    cfg = load_pipeline(Path(__file__).parents[1] / "configs" / recipe)
+    assert sum(s.share for s in cfg.stages if s.kind == "train") == pytest.approx(1.0)
+    assert cfg.stages[-1].kind == "calibrate" and cfg.stages[-2].kind == "backend"
+    for st in (s for s in cfg.stages if s.kind == "train"):
+        tree = merge_trees(read_recipe(Path(cfg.recipe_dir) / st.recipe), parse_overrides(st.overrides))
+        assert isinstance(build_dataclass(Config, tree), Config)

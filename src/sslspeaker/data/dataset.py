@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..errors import Stopped
 from .audio import SAMPLE_RATE, AudioError
 from .cache import UtteranceCache
 from .crops import crops_of, read_crops
@@ -92,7 +93,7 @@ class SegmentDataset(torch.utils.data.Dataset):
                     log.warning("skipping unusable training file %s (%s)", self.entries[index].path, exc)
             index = int(rng.integers(len(self.entries)))
         path, reason = self.skipped_files()[-1]
-        raise RuntimeError(f"{MAX_BAD_IN_A_ROW} unreadable files in a row: check the training manifest "
+        raise Stopped(f"{MAX_BAD_IN_A_ROW} unreadable files in a row: check the training manifest "
                            f"({len(self.bad)} skipped so far, e.g. {path}: {reason})")
 
     def skipped_files(self) -> list[tuple[str, str]]:

@@ -28,6 +28,7 @@ class StageConfig:
     overrides: list[str] = field(default_factory=list)  # key=value overrides of that recipe
     share: float = 0.0  # share of the training budget
     init_from: str | None = None  # stage whose encoder starts this one (default: the latest train stage)
+    init: bool = True  # false: train from scratch even after earlier train stages
     labels_from: str | None = None  # pseudolabel stage whose manifest this trains on / the back-end fits on
     # pseudolabel, backend, calibrate
     model_from: str | None = None  # stage whose model embeds (default: the latest train stage)

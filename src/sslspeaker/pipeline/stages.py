@@ -71,7 +71,7 @@ def training_config(ctx: StageContext) -> Config:
     wired: dict = {"validation": {"trials": None}, "train": {}}
     if ctx.cfg.device != "auto":
         wired["train"]["device"] = ctx.cfg.device
-    if any(s.kind == "train" for s in ctx.cfg.stages[:ctx.index]):
+    if ctx.stage.init and any(s.kind == "train" for s in ctx.cfg.stages[:ctx.index]):
         wired["train"]["init_from"] = str(run_checkpoint(stage_run(ctx, "train", ctx.stage.init_from)[1]["run"]))
     if method_class(tree.get("method", {}).get("name", "moco")).needs_labels:
         _, labels = stage_run(ctx, "pseudolabel", ctx.stage.labels_from)

@@ -291,6 +291,16 @@ class Trainer:
             raise TrainingStopped(f"{failure} writing the checkpoint; {self._last_good()}") from None
         self.last_good_step = self.step
 
+    @contextlib.contextmanager
+    def _naming_last_good(self):
+        """A stop raised below the trainer (the data ran out of usable files) names the last good checkpoint."""
+        try:
+            yield
+        except TrainingStopped:
+            raise
+        except Stopped as exc:
+            raise TrainingStopped(f"{exc}; {self._last_good()}") from None
+
     def _last_good(self) -> str:
         """Where the run can resume from, in words."""
         if self.last_good_step is None:
@@ -352,7 +362,7 @@ class Trainer:
                    epoch_step0=self.step)
         self.method.train()
         self.method.on_schedule(self.planned_epochs)
-        with contextlib.closing(bar):  # closed before any error is reported
+        with contextlib.closing(bar), self._naming_last_good():  # the bar is closed before any error is reported
             while self.epoch < self.planned_epochs and not run.stopped:
                 self._train_epoch(run)
                 if run.stopped and self.batch_in_epoch < self.steps_per_epoch:

@@ -167,3 +167,15 @@ def test_shipped_pipeline_recipes_and_their_training_recipes_load(recipe, tmp_pa
     for st in (s for s in cfg.stages if s.kind == "train"):
         tree = merge_trees(read_recipe(Path(cfg.recipe_dir) / st.recipe), parse_overrides(st.overrides))
         assert isinstance(build_dataclass(Config, tree), Config)
+
+
+def test_stored_pool_embeddings_are_reused_only_for_the_same_model(tmp_path):
+    from sslspeaker.pipeline.stages import stored_pool_embeddings
+
+    emb = np.arange(6, dtype=np.float32).reshape(3, 2)
+    np.save(tmp_path / "embeddings.npy", emb)
+    (tmp_path / "embedding_ids.csv").write_text("path,cluster,speaker,status\na,0,c0,kept\nb,0,c0,kept\nc,1,,dropped\n")
+    labels = {"manifest": str(tmp_path / "manifest.csv"), "model": "runs/x"}
+    got = stored_pool_embeddings(labels, "runs/x")
+    assert sorted(got) == ["a", "b", "c"] and got["b"].tolist() == [2.0, 3.0]
+    assert stored_pool_embeddings(labels, "runs/y") is None

@@ -30,7 +30,6 @@ from .runner import StageContext
 log = logging.getLogger(__name__)
 
 BACKEND_FILE = "backend.safetensors"
-EMBEDDINGS_FILE = "embeddings.npz"
 
 
 # ---- shared pieces ---------------------------------------------------------------------------
@@ -131,22 +130,34 @@ def held_out_speakers(speakers: np.ndarray, share: float, seed: int) -> np.ndarr
     return np.array([s in out for s in speakers])
 
 
-def embed_labelled(ctx: StageContext, model_run: str, manifest: str) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings and pseudo-speakers of a pseudo-label manifest's utterances, cached in the stage folder."""
+def stored_pool_embeddings(labels: dict, model_run: str) -> dict[str, np.ndarray] | None:
+    """The pool embeddings a pseudolabel stage wrote (path -> vector), when it embedded with ``model_run``."""
+    import csv
+
+    from ..pseudolabel.run import OUTPUTS
+
+    folder = Path(labels["manifest"]).parent
+    if labels.get("model") != model_run or not (folder / OUTPUTS["embeddings"]).is_file():
+        return None
+    with open(folder / OUTPUTS["ids"], newline="") as f:
+        paths = [row["path"] for row in csv.DictReader(f)]
+    emb = np.load(folder / OUTPUTS["embeddings"])
+    return dict(zip(paths, emb)) if len(paths) == len(emb) else None
+
+
+def embed_labelled(ctx: StageContext, model_run: str, manifest: str,
+                   stored: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and pseudo-speakers of a pseudo-label manifest's utterances: taken from ``stored`` (the
+    pseudolabel stage's own embeddings by the same model) where it has them, else computed."""
     from ..inference.model import SpeakerEncoder
     from ..pseudolabel.run import embed_pool
 
-    cache = ctx.folder / EMBEDDINGS_FILE
     entries = read_manifest(manifest)
     speakers = np.array([e.speaker for e in entries])
-    if cache.is_file():
-        with np.load(cache) as z:
-            if z["model"].item() == model_run and len(z["emb"]) == len(entries):
-                return z["emb"], speakers
+    if stored is not None and all(e.path in stored for e in entries):
+        return np.stack([stored[e.path] for e in entries]), speakers
     encoder = SpeakerEncoder.load(model_run, ctx.cfg.device)
     emb, _ = embed_pool(encoder, entries)
-    ctx.folder.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, emb=emb, model=np.array(model_run))
     return emb, speakers
 
 
@@ -180,14 +191,15 @@ def run_backend(ctx: StageContext) -> dict:
     st = ctx.stage
     _, model = stage_run(ctx, "train", st.model_from)
     _, labels = stage_run(ctx, "pseudolabel", st.labels_from)
-    emb, speakers = embed_labelled(ctx, model["run"], labels["manifest"])
+    emb, speakers = embed_labelled(ctx, model["run"], labels["manifest"], stored_pool_embeddings(labels, model["run"]))
     share = float(st.options.get("calibration_share", 0.2))
     held = held_out_speakers(speakers, share, int(st.options.get("seed", 0)))
     chain = BackendChain.build(list(st.chain)).fit(emb[~held], speakers[~held])
     path = save_chain(chain, ctx.folder)
     write_manifest(ctx.folder / "held_out.csv", [e for e, h in zip(read_manifest(labels["manifest"]), held) if h],
                    relative=False)
-    return {"backend": str(path), "name": chain.name, "model": model["run"], "fit_utterances": int((~held).sum()),
+    return {"backend": str(path), "name": chain.name, "model": model["run"], "labels": labels["manifest"],
+            "labels_model": labels["model"], "fit_utterances": int((~held).sum()),
             "fit_speakers": int(len(np.unique(speakers[~held]))), "held_out": str(ctx.folder / "held_out.csv"),
             "held_out_utterances": int(held.sum())}
 
@@ -210,7 +222,9 @@ def run_calibrate(ctx: StageContext) -> dict:
     st = ctx.stage
     name, backend = stage_run(ctx, "backend", None)
     chain = load_chain(backend["backend"])
-    emb, speakers = embed_labelled(ctx, backend["model"], backend["held_out"])
+    stored = stored_pool_embeddings({"manifest": backend["labels"], "model": backend["labels_model"]},
+                                    backend["model"])
+    emb, speakers = embed_labelled(ctx, backend["model"], backend["held_out"], stored)
     i, j, y = calibration_pairs(speakers, int(st.options.get("max_pairs", 20000)), int(st.options.get("seed", 0)))
     if y.sum() == 0 or y.sum() == len(y):
         raise ConfigError(f"stage {st.name}: the held-out pseudo-speakers give no target or no non-target pair")

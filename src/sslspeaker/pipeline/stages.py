@@ -205,17 +205,30 @@ def run_backend(ctx: StageContext) -> dict:
 
 
 def calibration_pairs(speakers: np.ndarray, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, label) index pairs among utterances: every same-speaker pair up to ``max_pairs``, and as many
-    different-speaker pairs drawn at random."""
+    """(i, j, label) index pairs (i < j) among utterances: every same-speaker pair up to ``max_pairs``, and as
+    many different-speaker pairs drawn at random; memory grows with the pairs kept, not with n^2."""
     rng = np.random.default_rng(seed)
-    i, j = np.triu_indices(len(speakers), k=1)
-    same = speakers[i] == speakers[j]
-    tar = np.flatnonzero(same)
-    non = np.flatnonzero(~same)
-    tar = rng.choice(tar, size=min(len(tar), max_pairs), replace=False)
-    non = rng.choice(non, size=min(len(non), max(len(tar), 1)), replace=False)
-    pick = np.concatenate([tar, non])
-    return i[pick], j[pick], same[pick].astype(int)
+    tar = np.concatenate([g[np.stack(np.triu_indices(len(g), k=1), axis=1)].reshape(-1, 2)
+                          for g in (np.flatnonzero(speakers == s) for s in np.unique(speakers))])
+    tar = tar[rng.choice(len(tar), size=min(len(tar), max_pairs), replace=False)]
+    non = different_speaker_pairs(speakers, max(len(tar), 1), rng)
+    pairs = np.concatenate([tar, non]).astype(int)
+    return pairs[:, 0], pairs[:, 1], np.r_[np.ones(len(tar), int), np.zeros(len(non), int)]
+
+
+def different_speaker_pairs(speakers: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` distinct random (i, j), i < j, pairs of utterances of different speakers (fewer if there are
+    fewer), drawn by rejection."""
+    n = len(speakers)
+    total = n * (n - 1) // 2 - sum(c * (c - 1) // 2 for c in np.unique(speakers, return_counts=True)[1])
+    count = min(count, total)
+    seen: set[tuple[int, int]] = set()
+    while len(seen) < count:
+        i, j = rng.integers(n, size=(2, 2 * (count - len(seen)) + 16))
+        for a, b in zip(np.minimum(i, j), np.maximum(i, j)):
+            if a != b and speakers[a] != speakers[b] and len(seen) < count:
+                seen.add((int(a), int(b)))
+    return np.array(sorted(seen), dtype=int).reshape(-1, 2)
 
 
 def run_calibrate(ctx: StageContext) -> dict:

@@ -198,16 +198,61 @@ def test_last_layer_frozen_only_in_first_epoch():
         for p in m.parameters():
             p.grad = None
         m(feats(4), None, local_feats=feats(4, 2, LOCAL_FRAMES))[0].backward()
-        return last[0].grad.clone(), [p.grad for p in m.head.mlp.parameters()]
+        m.before_optimizer_step()
+        return last[0].grad, [p.grad for p in m.head.mlp.parameters()]
 
     g_last, g_mlp = grads()
-    assert torch.count_nonzero(g_last) == 0 and all(g is not None and g.abs().sum() > 0 for g in g_mlp)
+    assert g_last is None and all(g is not None and g.abs().sum() > 0 for g in g_mlp)  # unset, not zero
     m.on_epoch_end(ended(0))
     g_last, _ = grads()
-    assert g_last.abs().sum() > 0
+    assert g_last is not None and g_last.abs().sum() > 0
     m0 = make_dino(freeze_last_layer=0)
     m0(feats(4))[0].backward()
+    m0.before_optimizer_step()
     assert m0.head.last_layer.parametrizations.weight.original1.grad.abs().sum() > 0
+
+
+def test_frozen_last_layer_is_not_moved_by_momentum_or_weight_decay():
+    """SGD with momentum and weight decay over a frozen step after a trained one: a zero gradient would
+    still move the layer (momentum buffer, decay); an unset one leaves it exactly where it was."""
+    m = make_dino(freeze_last_layer=1)
+    m.epoch.fill_(1)  # a trained step first, so that the momentum buffer holds something
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    m(feats(4))[0].backward()
+    m.before_optimizer_step()
+    opt.step()
+    m.epoch.fill_(0)  # now frozen
+    before = m.head.last_layer.parametrizations.weight.original1.detach().clone()
+    opt.zero_grad(set_to_none=True)
+    m(feats(4, seed=2))[0].backward()
+    m.before_optimizer_step()
+    opt.step()
+    assert torch.equal(m.head.last_layer.parametrizations.weight.original1, before)
+    mlp_before = [p.detach().clone() for p in m.head.mlp.parameters()]
+    assert mlp_before  # and the rest of the head still trains in the frozen epoch
+    m(feats(4, seed=3))[0].backward()
+    m.before_optimizer_step()
+    opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(mlp_before, m.head.mlp.parameters()))
+
+
+def test_center_init_zero_or_random():
+    assert torch.equal(make_dino().center, torch.zeros(1, 16))
+    torch.manual_seed(0)
+    c = DINO(TinyEncoder(), out_dim=20000, hidden_dim=12, bottleneck_dim=64, center_init="random").center
+    assert c.shape == (1, 20000)
+    assert float(c.mean()) == pytest.approx(0.0, abs=0.005) and float(c.std()) == pytest.approx(1 / 8, rel=0.03)
+    with pytest.raises(ValueError, match="center_init"):
+        make_dino(center_init="ones")
+
+
+def test_inference_encoder_is_the_teacher_unless_student_is_asked():
+    m = make_dino()
+    assert m.inference_encoder_name() == "key_encoder" and m.inference_encoder() is m.key_encoder
+    s = make_dino(inference_encoder="student")
+    assert s.inference_encoder_name() == "encoder" and s.inference_encoder() is s.encoder
+    with pytest.raises(ValueError, match="inference_encoder"):
+        make_dino(inference_encoder="both")
 
 
 def test_dino_state_dict_round_trip():
@@ -237,7 +282,7 @@ def test_dino_bf16_autocast_keeps_float32():
 
 def test_dino_registry_and_views():
     m = build_method("dino", TinyEncoder(), out_dim=16, hidden_dim=12, bottleneck_dim=6, head_bn=True)
-    assert isinstance(m, DINO) and m.wants == ("local_feats",) and m.inference_encoder() is m.encoder
+    assert isinstance(m, DINO) and m.wants == ("local_feats",) and m.inference_encoder() is m.key_encoder
     loss, _ = m(feats(4, views=2))  # no local views: the two global views teach each other
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="two views"):
@@ -641,3 +686,47 @@ def test_dino_trains_compiled_on_two_crop_lengths(corpus, tmp_path):
     assert t.train()["step"] == 2
     losses = [r["loss"] for r in map(json.loads, open(tmp_path / "log.jsonl")) if "loss" in r]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+
+
+def test_dino_run_declares_its_teacher_for_export_init_and_pseudolabels(corpus, tmp_path):
+    """The checkpoint names the teacher as the inference encoder: export, SpeakerEncoder.load and a later
+    run's train.init_from take its weights; 'online' and 'momentum' pick either explicitly."""
+    from sslspeaker.inference.checkpoint_source import read_checkpoint
+    from sslspeaker.inference.model import SpeakerEncoder
+    from sslspeaker.training.checkpoint import load_checkpoint
+    from sslspeaker.training.export import export_model
+    from sslspeaker.training.trainer import CHECKPOINT, Trainer
+
+    options, extra = CASES["dino"]
+    t = Trainer(_trainer_cfg(corpus, "dino", options, *extra, "train.epochs=2"), tmp_path / "dino")
+    t.train()
+    teacher, student = t.method.key_encoder.state_dict(), t.method.encoder.state_dict()
+    differ = [k for k in teacher if teacher[k].is_floating_point() and not torch.equal(teacher[k], student[k])]
+    assert differ  # the EMA teacher is not the student after training
+    assert load_checkpoint(tmp_path / "dino" / CHECKPOINT)["inference_encoder"] == "key_encoder"
+    for which, want in (("inference", teacher), ("auto", teacher), ("momentum", teacher), ("online", student)):
+        state, meta, _ = read_checkpoint(tmp_path / "dino", which)
+        assert all(torch.equal(state[k], want[k]) for k in want), which
+        assert meta["provenance"]["encoder_weights"] == ("encoder" if which == "online" else "key_encoder")
+    exported = SpeakerEncoder.load(export_model(tmp_path / "dino", tmp_path / "dino.safetensors"))
+    assert all(torch.equal(exported.encoder.state_dict()[k], teacher[k]) for k in differ)
+    with pytest.raises(ValueError, match="model file holds one encoder"):
+        SpeakerEncoder.load(tmp_path / "dino.safetensors", encoder="momentum")
+    follow = Trainer(_trainer_cfg(corpus, "dino", options, *extra, "train.epochs=1",
+                                  f"train.init_from={tmp_path / 'dino' / CHECKPOINT}"), tmp_path / "next")
+    assert all(torch.equal(follow.method.encoder.state_dict()[k], teacher[k]) for k in differ)
+    assert all(torch.equal(follow.method.key_encoder.state_dict()[k], teacher[k]) for k in differ)
+
+
+def test_momentum_encoder_of_a_run_without_one_is_named(corpus, tmp_path):
+    from sslspeaker.inference.checkpoint_source import read_checkpoint
+    from sslspeaker.training.trainer import Trainer
+
+    t = Trainer(_trainer_cfg(corpus, "simclr", "{}", "train.epochs=1"), tmp_path / "simclr")
+    t.train()
+    state, meta, _ = read_checkpoint(tmp_path / "simclr", "auto")  # no momentum copy: the inference encoder
+    assert meta["provenance"]["encoder_weights"] == "encoder"
+    with pytest.raises(ValueError, match="no momentum encoder"):
+        read_checkpoint(tmp_path / "simclr", "momentum")
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        read_checkpoint(tmp_path / "simclr", "teacher")

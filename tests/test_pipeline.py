@@ -179,3 +179,18 @@ def test_stored_pool_embeddings_are_reused_only_for_the_same_model(tmp_path):
     got = stored_pool_embeddings(labels, "runs/x")
     assert sorted(got) == ["a", "b", "c"] and got["b"].tolist() == [2.0, 3.0]
     assert stored_pool_embeddings(labels, "runs/y") is None
+
+
+def test_stored_pool_embeddings_only_from_the_inference_encoder(tmp_path):
+    """A pseudolabel stage that clustered with a momentum (key / teacher) encoder wrote embeddings that are
+    not the exported model's: the back-end must embed again instead of reusing them."""
+    from sslspeaker.pipeline.stages import stored_pool_embeddings
+
+    np.save(tmp_path / "embeddings.npy", np.eye(2, dtype=np.float32))
+    (tmp_path / "embedding_ids.csv").write_text("path,cluster,speaker,status\na.wav,0,c00000,kept\nb.wav,1,c00001,kept\n")
+    labels = {"manifest": str(tmp_path / "manifest.csv"), "model": "runs/ssl"}
+    got = stored_pool_embeddings(labels, "runs/ssl")
+    assert got is not None and np.array_equal(got["b.wav"], [0.0, 1.0])
+    assert stored_pool_embeddings({**labels, "inference_embeddings": True}, "runs/ssl") is not None
+    assert stored_pool_embeddings({**labels, "inference_embeddings": False}, "runs/ssl") is None
+    assert stored_pool_embeddings(labels, "runs/other") is None

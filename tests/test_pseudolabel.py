@@ -280,6 +280,8 @@ def test_options_are_strict():
         PseudoLabelOptions(algorithm="dbscan")
     with pytest.raises(PseudoLabelError, match="--max-cluster-share"):
         PseudoLabelOptions(max_cluster_share=1.5)
+    with pytest.raises(PseudoLabelError, match="--encoder: expected one of inference, online, momentum, auto"):
+        PseudoLabelOptions(encoder="teacher")
 
 
 # ---- the command end to end -----------------------------------------------------------------
@@ -365,6 +367,8 @@ def test_command_writes_manifest_report_and_embeddings(corpus, model, tmp_path, 
     assert np.allclose(emb[5], encoder.embed(ids[5]["path"]), atol=1e-5)
     assert sum(r["status"] == "kept" for r in ids) == len(rows)
     assert f"kept {len(rows)} utterances" in stdout
+    assert pseudolabel_cli(capsys, "--model", model, "--data", corpus, "--encoder", "momentum",
+                           "--out", tmp_path / "m")[0] == 2  # a model file holds one encoder
 
 
 def test_command_auto_count_with_ahc_and_no_speakers(corpus, model, tmp_path, capsys):

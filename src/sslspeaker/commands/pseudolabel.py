@@ -9,7 +9,7 @@ def _options(args: argparse.Namespace):
     from ..pseudolabel import PseudoLabelOptions
 
     return PseudoLabelOptions(
-        clusters=args.clusters, algorithm=args.algorithm, linkage=args.linkage, kmeans_backend=args.kmeans_backend,
+        clusters=args.clusters, encoder=args.encoder, algorithm=args.algorithm, linkage=args.linkage, kmeans_backend=args.kmeans_backend,
         device=args.device, seed=args.seed, min_cluster_size=args.min_cluster_size,
         drop_mads=None if args.drop_mads <= 0 else args.drop_mads, min_margin=args.min_margin,
         estimate_points=args.estimate_points, max_clusters=args.max_clusters,
@@ -44,6 +44,9 @@ def add_parser(sub) -> None:
                                    "(default: the model bundled with the package)")
     p.add_argument("--data", required=True, help="the pool: a manifest CSV (its speaker column, if any, is read "
                                                  "for the report's diagnostics only)")
+    p.add_argument("--encoder", default="auto", choices=["auto", "inference", "online", "momentum"],
+                   help="run folders: which encoder embeds the pool; auto = the momentum (key / teacher) encoder "
+                        "of MoCo or DINO when there is one, else the method's inference encoder (default auto)")
     p.add_argument("--clusters", default="auto", help="number of clusters, or 'auto' to estimate it by the "
                                                       "normalised maximum eigengap, NME-SC (default auto)")
     p.add_argument("--algorithm", default="kmeans", choices=["kmeans", "ahc"],

@@ -24,8 +24,8 @@ from ..data.audio import SAMPLE_RATE, AudioError, read_audio
 from ..data.validate import SILENCE_PEAK
 from ..evaluation.scoring import check_vectors
 from .checkpoint_source import read_checkpoint
-from .model_file import (build_modules, embed_dim, is_model_file, read_backend, read_model_file, resolve_model_path,
-                         split_backend)
+from .model_file import (ModelError, build_modules, embed_dim, is_model_file, read_backend, read_model_file,
+                         resolve_model_path, split_backend)
 
 DEVICE_HELP = "expected auto, cpu, cuda or cuda:N"
 
@@ -86,17 +86,25 @@ class SpeakerEncoder:
 
     # ---- loading ----
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "SpeakerEncoder":
-        """A ``.safetensors`` model, a run folder or a ``.pt`` checkpoint; None = the bundled default."""
+    def load(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+             encoder: str = "inference") -> "SpeakerEncoder":
+        """A ``.safetensors`` model, a run folder or a ``.pt`` checkpoint; None = the bundled default.
+
+        ``encoder`` (run folders and checkpoints): which of its encoders, ``inference`` (the one its
+        method declares), ``online``, ``momentum`` or ``auto`` (see ``checkpoint_source``).
+        """
         path = resolve_model_path(path)
         device = resolve_device(device)
         arrays: dict = {}
         if is_model_file(path):
+            if encoder not in ("inference", "auto"):
+                raise ModelError(f"{path}: a model file holds one encoder; encoder {encoder!r} needs a "
+                                 "training run folder or checkpoint")
             state, meta = read_model_file(path)
             state, arrays = split_backend(state)
             source = path
         else:
-            state, meta, source = read_checkpoint(path)
+            state, meta, source = read_checkpoint(path, encoder)
         encoder, features = build_modules(meta, state, str(path))
         if meta.get("embed_dim") is None:
             meta["embed_dim"] = embed_dim(encoder, meta)

@@ -105,9 +105,16 @@ class Method(nn.Module):
     def on_train_start(self, n_train_examples: int, global_batch_size: int) -> None:
         """Once before training (before DDP wrapping): adapt to the data size; default no-op."""
 
+    def before_optimizer_step(self) -> None:
+        """After backward (and gradient clipping), before the optimiser step: e.g. unset frozen gradients."""
+
+    def inference_encoder_name(self) -> str:
+        """The attribute holding the encoder that validation, export and embedding use (checkpoints record it)."""
+        return "encoder"
+
     def inference_encoder(self) -> nn.Module:
         """The encoder whose output `embed` returns."""
-        return self.encoder
+        return getattr(self, self.inference_encoder_name())
 
 
 def replanned_point(point: int, reached: int, fraction: float | None, planned: int, minimum: int = 0) -> int:

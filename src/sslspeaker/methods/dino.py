@@ -13,12 +13,20 @@ student, the local views (``local_feats``, e.g. 4 × 2 s, from ``data.n_local_vi
 view s ≠ t) the student's log-softmax(s/τ_s) is trained towards the teacher's softmax((t − C)/τ_t);
 C is an EMA of the mean teacher output (centering) and τ_t < τ_s sharpens — together they prevent
 collapse. τ_t warms up linearly over the first epochs, and the head's last layer is frozen
-(gradient zeroed) during the first ``freeze_last_layer`` epochs. ``center_momentum`` defaults to
+during the first ``freeze_last_layer`` epochs: its gradient is left unset (``None``) before the
+optimiser step, as DINO's code does, so that neither SGD momentum nor weight decay moves it (a
+zero gradient would still let both act). ``center_momentum`` defaults to
 0.99 (a slower center than the 0.9 of DINO and the wespeaker recipe). The head
 (``models.heads`` "dino") runs in float32, also under autocast.
 
-``inference_encoder`` (validation, and ``encoder.*`` in exported checkpoints) is the student;
-DINO papers usually report the teacher (``key_encoder``), which the checkpoint also holds.
+The centre starts at zero (``center_init: zero``, DINO's code and the wespeaker recipe) or random
+(``random``: C ~ N(0, 1/bottleneck_dim) per prototype, the spread of the head's first outputs,
+which are cosines between a unit bottleneck vector and unit prototypes); the C3/DINO slides say
+"encoders and C are randomly initialised" and "the initial center C is important".
+
+The inference encoder (validation, export, ``embed``, ``train.init_from`` of a later run) is the
+teacher (``key_encoder``), as DINO results are reported; ``inference_encoder: student`` picks the
+student. Checkpoints record which.
 
 Logged every step, to watch for collapse: ``teacher_entropy`` (mean entropy of the teacher's
 distribution: → 0 when one prototype dominates, → log K when uniform), ``kl`` (mean KL(teacher ‖
@@ -53,6 +61,7 @@ __all__ = [
     "DINOOptions",
     "center_update",
     "dino_cross_entropy",
+    "initial_center",
     "teacher_momentum",
     "teacher_temperature",
 ]
@@ -102,6 +111,13 @@ def center_update(center: Tensor, batch_mean: Tensor, momentum: float) -> Tensor
     return center * momentum + batch_mean.reshape(center.shape) * (1.0 - momentum)
 
 
+def initial_center(out_dim: int, bottleneck_dim: int, how: str) -> Tensor:
+    """C₀ = 0 (``zero``), or C₀ ~ N(0, 1/bottleneck_dim) per prototype (``random``): [1, out_dim]."""
+    if how == "zero":
+        return torch.zeros(1, out_dim)
+    return torch.randn(1, out_dim) / math.sqrt(bottleneck_dim)
+
+
 @torch.no_grad()
 def row_mean_over_ranks(x: Tensor) -> Tensor:
     """Mean over the rows of x of every rank (all ranks hold the same number of rows): [1, K]."""
@@ -136,6 +152,8 @@ class DINOOptions(Options):
     student_temp: float = option(0.1, "student temperature τ_s")
     center_momentum: float = option(0.99, "EMA coefficient of the center C (DINO and wespeaker: 0.9)")
     freeze_last_layer: int = option(1, "epochs in which the head's last layer gets no gradient")
+    center_init: str = option("zero", "initial center C: zero (DINO's code) or random (N(0, 1/bottleneck_dim))")
+    inference_encoder: str = option("teacher", "encoder that validation, export and embed use: teacher or student")
 
     def __post_init__(self) -> None:
         if self.out_dim < 2 or self.teacher_temp <= 0 or self.warmup_teacher_temp <= 0 or self.student_temp <= 0:
@@ -144,6 +162,9 @@ class DINOOptions(Options):
             raise ValueError("dino: momentum, momentum_final and center_momentum must be in [0, 1]")
         if self.warmup_teacher_temp_epochs < 0 or self.freeze_last_layer < 0:
             raise ValueError("dino: warmup_teacher_temp_epochs and freeze_last_layer must be >= 0")
+        for name, allowed in (("center_init", ("zero", "random")), ("inference_encoder", ("teacher", "student"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"dino: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0.0 <= self.warmup_teacher_temp_fraction < 1.0:
             raise ValueError(f"dino: warmup_teacher_temp_fraction must be in [0, 1), got "
                              f"{self.warmup_teacher_temp_fraction}")
@@ -171,13 +192,10 @@ class DINO(Method):
         self.head = build_head("dino", embed_dim_of(self.name, encoder), out_dim=o.out_dim, hidden_dim=o.hidden_dim,
                                bottleneck_dim=o.bottleneck_dim, norm_last_layer=o.norm_last_layer, use_bn=o.head_bn)
         self.make_momentum_copies()  # same weights as the student at the start
-        self.register_buffer("center", torch.zeros(1, o.out_dim))
+        self.register_buffer("center", initial_center(o.out_dim, o.bottleneck_dim, o.center_init))
         self.register_buffer("warmup_epochs", torch.tensor(o.warmup_teacher_temp_epochs))
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
         self.register_buffer("momentum_now", torch.tensor(float(o.momentum), dtype=torch.float64))
-        for p in self.head.last_layer.parameters():
-            if p.requires_grad:
-                p.register_hook(self._last_layer_grad)
 
     # ---- schedules ------------------------------------------------------------------------
     @property
@@ -195,10 +213,15 @@ class DINO(Method):
     def last_layer_frozen(self) -> bool:
         return int(self.epoch) < self.freeze_last_layer
 
-    def _last_layer_grad(self, grad: Tensor) -> Tensor | None:
-        # DINO cancels the last layer's gradient in the first epoch(s); a zero (rather than absent)
-        # gradient keeps DDP's reducer and the optimizer's parameter set unchanged.
-        return torch.zeros_like(grad) if self.last_layer_frozen() else None
+    def before_optimizer_step(self) -> None:
+        """In the frozen epochs the head's last layer has no gradient: the optimiser skips it entirely."""
+        if self.last_layer_frozen():
+            for p in self.head.last_layer.parameters():
+                p.grad = None
+
+    def inference_encoder_name(self) -> str:
+        """The teacher (``key_encoder``) unless ``inference_encoder: student``."""
+        return "encoder" if self.options.inference_encoder == "student" else "key_encoder"
 
     # ---- forward --------------------------------------------------------------------------
     @staticmethod

@@ -111,7 +111,9 @@ def run_pseudolabel(ctx: StageContext) -> dict:
     report = pseudolabel(model["run"], pool_manifest(ctx), ctx.folder, opts)
     manifest = ctx.folder / "manifest.csv"
     speakers = len({e.speaker for e in read_manifest(manifest)})
+    weights = report["model"].get("encoder_weights")
     return {"manifest": str(manifest), "model": model["run"], "speakers": speakers,
+            "inference_embeddings": weights is None or weights == report["model"].get("inference_encoder"),
             "k": report["clustering"]["k"], "k_found_by": report["clustering"].get("k_found_by"),
             "kept": report["kept"]["utterances"], "dropped": report["dropped"]["utterances"],
             "diagnostics": report.get("diagnostics")}
@@ -131,13 +133,15 @@ def held_out_speakers(speakers: np.ndarray, share: float, seed: int) -> np.ndarr
 
 
 def stored_pool_embeddings(labels: dict, model_run: str) -> dict[str, np.ndarray] | None:
-    """The pool embeddings a pseudolabel stage wrote (path -> vector), when it embedded with ``model_run``."""
+    """The pool embeddings a pseudolabel stage wrote (path -> vector), when it embedded with ``model_run``'s
+    inference encoder (not the momentum encoder it may cluster with)."""
     import csv
 
     from ..pseudolabel.run import OUTPUTS
 
     folder = Path(labels["manifest"]).parent
-    if labels.get("model") != model_run or not (folder / OUTPUTS["embeddings"]).is_file():
+    if labels.get("model") != model_run or not labels.get("inference_embeddings", True) \
+            or not (folder / OUTPUTS["embeddings"]).is_file():
         return None
     with open(folder / OUTPUTS["ids"], newline="") as f:
         paths = [row["path"] for row in csv.DictReader(f)]
@@ -199,7 +203,8 @@ def run_backend(ctx: StageContext) -> dict:
     write_manifest(ctx.folder / "held_out.csv", [e for e, h in zip(read_manifest(labels["manifest"]), held) if h],
                    relative=False)
     return {"backend": str(path), "name": chain.name, "model": model["run"], "labels": labels["manifest"],
-            "labels_model": labels["model"], "fit_utterances": int((~held).sum()),
+            "labels_model": labels["model"], "labels_inference_embeddings": labels.get("inference_embeddings", True),
+            "fit_utterances": int((~held).sum()),
             "fit_speakers": int(len(np.unique(speakers[~held]))), "held_out": str(ctx.folder / "held_out.csv"),
             "held_out_utterances": int(held.sum())}
 
@@ -235,7 +240,8 @@ def run_calibrate(ctx: StageContext) -> dict:
     st = ctx.stage
     name, backend = stage_run(ctx, "backend", None)
     chain = load_chain(backend["backend"])
-    stored = stored_pool_embeddings({"manifest": backend["labels"], "model": backend["labels_model"]},
+    stored = stored_pool_embeddings({"manifest": backend["labels"], "model": backend["labels_model"],
+                                     "inference_embeddings": backend.get("labels_inference_embeddings", True)},
                                     backend["model"])
     emb, speakers = embed_labelled(ctx, backend["model"], backend["held_out"], stored)
     i, j, y = calibration_pairs(speakers, int(st.options.get("max_pairs", 20000)), int(st.options.get("seed", 0)))

@@ -1,7 +1,8 @@
 """The pseudo-label stage: a pool of unlabelled speech and a model in, speaker labels out.
 
 ``pseudolabel(model, data, out, options)`` reads the pool's manifest, embeds every utterance
-whole with the model, refuses a degenerate model (see ``embedding_spread``), finds the number of
+whole with the model (for a run folder of a momentum method, MoCo or DINO, its key / teacher
+encoder unless ``encoder`` says otherwise), refuses a degenerate model (see ``embedding_spread``), finds the number of
 clusters when asked (``estimate``), clusters (``cluster``), refuses a collapsed clustering,
 drops unreliable members (``filter``) and writes into ``out``:
 
@@ -35,6 +36,7 @@ import numpy as np
 from ..data.audio import SAMPLE_RATE, read_audio
 from ..data.manifest import Entry, read_manifest, write_manifest
 from ..fileio import atomic_open, atomic_path, atomic_write_text, file_sha256, utc_now
+from ..inference.checkpoint_source import ENCODER_CHOICES
 from .cluster import ALGORITHMS, KMEANS_BACKENDS, LINKAGES, Clustering, check_collapse, cluster
 from .diagnostics import cluster_agreement
 from .errors import PseudoLabelError
@@ -70,6 +72,7 @@ class PseudoLabelOptions:
     """Every choice of the stage; the command-line option of each is ``--`` + its name with dashes."""
 
     clusters: int | str = "auto"
+    encoder: str = "auto"  # run folders: auto = the momentum (key / teacher) encoder when there is one
     algorithm: str = "kmeans"
     linkage: str = "average"
     kmeans_backend: str = "auto"
@@ -87,7 +90,8 @@ class PseudoLabelOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "clusters", _cluster_count(self.clusters))
-        for name, allowed in (("algorithm", ALGORITHMS), ("linkage", LINKAGES), ("kmeans_backend", KMEANS_BACKENDS)):
+        for name, allowed in (("algorithm", ALGORITHMS), ("linkage", LINKAGES), ("kmeans_backend", KMEANS_BACKENDS),
+                              ("encoder", ENCODER_CHOICES)):
             if getattr(self, name) not in allowed:
                 raise _bad(name, f"expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.estimate_points < 4:
@@ -235,7 +239,8 @@ def _model_identity(model) -> dict:
     provenance = model.metadata.get("provenance") or {}
     return {"source": model.source, "fingerprint": model.fingerprint, "encoder": model.config["encoder"],
             "embed_dim": model.embed_dim, "device": str(model.device), "method": provenance.get("method"),
-            "step": provenance.get("step")}
+            "step": provenance.get("step"), "encoder_weights": provenance.get("encoder_weights"),
+            "inference_encoder": provenance.get("inference_encoder")}
 
 
 def _report(data, model, options: PseudoLabelOptions, durations: np.ndarray, spread: dict, count: dict,
@@ -261,12 +266,14 @@ def _report(data, model, options: PseudoLabelOptions, durations: np.ndarray, spr
 
 
 # ---- the stage -------------------------------------------------------------------------------
-def _load(model, device: str):
+def _load(model, device: str, encoder: str):
     from ..inference.model import SpeakerEncoder
 
     if isinstance(model, SpeakerEncoder):
+        if encoder not in ("auto", "inference"):
+            raise _bad("encoder", f"{encoder!r} needs a run folder or checkpoint, not a loaded model")
         return model.to(device) if device != "auto" else model
-    return SpeakerEncoder.load(model, device)
+    return SpeakerEncoder.load(model, device, encoder)
 
 
 def pseudolabel(model, data: str | os.PathLike, out: str | os.PathLike,
@@ -277,7 +284,7 @@ def pseudolabel(model, data: str | os.PathLike, out: str | os.PathLike,
     with timing("total"):
         out = _prepare_out(out, options.force)
         entries = _read_pool(data)
-        encoder = _load(model, options.device)
+        encoder = _load(model, options.device, options.encoder)
         device = str(encoder.device)
         with timing("embed"):
             emb, durations = embed_pool(encoder, entries)

@@ -31,6 +31,7 @@ from ..data.manifest import read_trials
 from ..evaluation.embeddings import embed_files
 from ..evaluation.scoring import metrics_from_scores, score_trials, trial_labels
 from ..methods.base import EpochContext
+from ..inference.checkpoint_source import encoder_name, encoder_state
 from .build import TrainingParts, build_optimizer, build_parts, build_scheduler
 from .checkpoint import (check_resumable, load_checkpoint, nonfinite_tensors, rng_state, save_checkpoint,
                          set_rng_state)
@@ -232,7 +233,10 @@ class Trainer:
             raise ConfigError(f"train.init_from: {exc}") from None
         if not isinstance(state, dict) or not isinstance(state.get("method"), dict):
             raise ConfigError(f"train.init_from={path}: not a training checkpoint (no method state)")
-        enc = {k[len("encoder."):]: v for k, v in state["method"].items() if k.startswith("encoder.")}
+        try:  # the source run's inference encoder (DINO: its teacher)
+            enc = encoder_state(state, Path(path), encoder_name(state, Path(path)))
+        except ValueError as exc:
+            raise ConfigError(f"train.init_from={path}: {exc}") from None
         try:
             missing, unexpected = self.method.encoder.load_state_dict(enc, strict=False)
         except RuntimeError as exc:
@@ -247,6 +251,7 @@ class Trainer:
             "format": "sslspeaker-checkpoint-1",
             "config": to_dict(self.cfg),
             "method": self.method.state_dict(),
+            "inference_encoder": self.method.inference_encoder_name(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -432,6 +437,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(),
                                                                      self.cfg.optim.grad_clip))
+        self.method.before_optimizer_step()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()

@@ -280,3 +280,23 @@ def test_checkpoint_written_by_the_old_code_loads_and_resumes(name, corpus, tmp_
     assert (result["step"], result["epoch"], result["finished"]) == (6, 3, True)
     moved = [k for k, v in resumed.method.state_dict().items() if k.startswith("key_") and not torch.equal(v, state[k])]
     assert moved  # the momentum copies kept moving after the resume
+    groups = resumed.optimizer.param_groups  # trained with decay on every parameter: resumed so
+    assert len(groups) == 1 and groups[0]["weight_decay"] == old["config"]["optim"]["weight_decay"]
+
+
+def test_weight_decay_spares_biases_norms_scalars_and_what_the_method_names(corpus, tmp_path):
+    from sslspeaker.methods.dino import DINO
+    from sslspeaker.training.build import build_optimizer
+
+    t = Trainer(make_cfg(corpus, "optim.weight_decay=0.01"), tmp_path / "moco")
+    decay, spared = t.optimizer.param_groups
+    assert decay["weight_decay"] == 0.01 and spared["weight_decay"] == 0.0
+    names = {id(p): n for n, p in t.method.named_parameters()}
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in spared["params"])
+    assert any(names[id(p)].endswith(".bias") for p in spared["params"])
+    assert len(decay["params"]) + len(spared["params"]) == sum(p.requires_grad for p in t.method.parameters())
+    dino = DINO(t.method.encoder, out_dim=16, hidden_dim=12, bottleneck_dim=6)
+    opt = build_optimizer(t.cfg, dino)
+    last = {id(p) for p in dino.head.last_layer.parameters() if p.requires_grad}
+    assert last and last <= {id(p) for p in opt.param_groups[1]["params"]}  # DINO's prototypes: no decay
+    assert len(build_optimizer(make_cfg(corpus, "optim.decay_all=true"), dino).param_groups) == 1

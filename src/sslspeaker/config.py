@@ -194,6 +194,7 @@ class OptimConfig:
     warmup_steps: int = 0
     warmup_fraction: float = 0.0  # warm-up as a fraction of the planned steps (follows fit_to_budget re-plans)
     grad_clip: float = 0.0  # max global grad norm; 0 = off
+    decay_all: bool = False  # weight decay on every parameter; default: not on biases, norms, scalars
 
     def __post_init__(self) -> None:
         require_bounds("optim", self, {

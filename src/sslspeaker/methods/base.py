@@ -105,6 +105,11 @@ class Method(nn.Module):
     def on_train_start(self, n_train_examples: int, global_batch_size: int) -> None:
         """Once before training (before DDP wrapping): adapt to the data size; default no-op."""
 
+    def no_weight_decay(self) -> set[str]:
+        """Names (as in ``named_parameters``) of weight matrices spared weight decay; biases, norms and
+        scalars always are."""
+        return set()
+
     def before_optimizer_step(self) -> None:
         """After backward (and gradient clipping), before the optimiser step: e.g. unset frozen gradients."""
 

@@ -219,6 +219,10 @@ class DINO(Method):
             for p in self.head.last_layer.parameters():
                 p.grad = None
 
+    def no_weight_decay(self) -> set[str]:
+        """The head's last layer (the prototypes) is spared weight decay."""
+        return {f"head.last_layer.{n}" for n, _ in self.head.last_layer.named_parameters()}
+
     def inference_encoder_name(self) -> str:
         """The teacher (``key_encoder``) unless ``inference_encoder: student``."""
         return "encoder" if self.options.inference_encoder == "student" else "key_encoder"

@@ -121,15 +121,31 @@ def build_parts(cfg: Config) -> TrainingParts:
     return TrainingParts(augmenter, method, dataset, build_features(cfg))
 
 
-def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+def decay_groups(named_parameters, weight_decay: float, exempt: set[str] = frozenset(),
+                 decay_all: bool = False) -> list[dict]:
+    """Two parameter groups, trainable parameters only: weight decay on weight matrices and kernels; none
+    on biases, normalisation gains and shifts, learnt scalars (ndim <= 1) and the names in ``exempt``."""
+    decay, no_decay = [], []
+    for name, p in named_parameters:
+        if p.requires_grad:
+            (decay if decay_all or (p.ndim > 1 and name not in exempt) else no_decay).append(p)
+    if decay_all:
+        return [{"params": decay, "weight_decay": weight_decay}]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(cfg: Config, method, decay_all: bool | None = None) -> torch.optim.Optimizer:
+    """The optimiser over ``method``'s trainable parameters, weight decay as ``decay_groups`` (all of them
+    with ``optim.decay_all`` or ``decay_all=True``: the one group of runs from before the exemption)."""
     o = cfg.optim
-    params = [p for p in params if p.requires_grad]
+    decay_all = o.decay_all if decay_all is None else decay_all
+    groups = decay_groups(method.named_parameters(), o.weight_decay, set(method.no_weight_decay()), decay_all)
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
     if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.Adam(groups, lr=o.lr)
     if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(groups, lr=o.lr)
     raise ConfigError(f"optim.name={o.name!r}: expected sgd, adam or adamw")
 
 

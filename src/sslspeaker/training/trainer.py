@@ -198,7 +198,7 @@ class Trainer:
             getattr(self.method, name).compile(dynamic=False)
 
     def _set_up_optimisation(self) -> None:
-        self.optimizer = build_optimizer(self.cfg, self.method.parameters())
+        self.optimizer = build_optimizer(self.cfg, self.method)
         self.scheduler = build_scheduler(self.cfg, self.optimizer, lambda: self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
@@ -267,7 +267,7 @@ class Trainer:
         except RuntimeError as exc:
             raise ValueError(f"{self.out / CHECKPOINT}: its method state does not fit its config "
                              f"({str(exc).splitlines()[-1].strip()[:200]})") from None
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self._restore_optimizer(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
@@ -278,6 +278,15 @@ class Trainer:
         if "train.epochs" in self.resume_changes:  # told a new length on resume
             self.planned_epochs = self.cfg.train.epochs
         self.last_good_step = self.step
+
+    def _restore_optimizer(self, state: dict) -> None:
+        """The optimiser state; a run from before weight decay spared biases and norms (one parameter
+        group) goes on as it was trained: decay on every parameter."""
+        if len(state.get("param_groups", ())) == 1 and len(self.optimizer.param_groups) == 2:
+            self.optimizer = build_optimizer(self.cfg, self.method, decay_all=True)
+            self.scheduler = build_scheduler(self.cfg, self.optimizer, lambda: self.total_steps)
+            self.notes.append("resumed a run whose optimiser decays every parameter (one group): kept so")
+        self.optimizer.load_state_dict(state)
 
     def save(self) -> None:
         """Write the checkpoint, never one holding a non-finite tensor (``TrainingStopped`` instead)."""

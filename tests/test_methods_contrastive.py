@@ -444,7 +444,7 @@ def test_options_extend_the_parent_and_are_read_strictly():
         build_method("moco", TinyEncoder(), queue_size="big")
     with pytest.raises(ConfigError, match=r"unknown option moco_supcon\.supcon_weght; known: .*supcon_weight"):
         build_method("moco_supcon", TinyEncoder(), supcon_weght=1.0)
-    m = build_method("c3_moco", TinyEncoder(), queue_size=16, n_clusters=[3, 4])
+    m = build_method("c3_moco", TinyEncoder(), queue_size=16, n_clusters=[3, 4], proto_start_epoch=20)
     assert m.options.n_clusters == [3, 4] and m.options.queue_size == 16 and m.queue.shape[0] == 16
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from conftest import TinyEncoder
 from sslspeaker.methods import EpochContext, build_method
 from sslspeaker.methods import c3 as c3_module  # noqa: F401  (registers "c3_moco")
+from sslspeaker.methods.c3 import NEVER as C3_NEVER
 from sslspeaker.methods import dino as dino_module  # noqa: F401  (registers "dino")
 from sslspeaker.methods.c3 import (C3MoCo, false_negative_mask, false_negative_pairs, proto_nce,
                                    reweighted_info_nce)
@@ -414,7 +415,7 @@ def test_proto_nce_matches_loop():
     assert float(proto_nce(q, assign, protos, phi)) == pytest.approx(expected, abs=1e-5)
 
     # the method averages over its clusterings, looking each item up by dataset index
-    m = make_c3(n_clusters=[5, 2])
+    m = make_c3(n_clusters=[5, 2], proto_start_epoch=20)
     assign2, protos2, phi2 = torch.tensor([1, 0, 1, 1, 0, 0]), F.normalize(torch.randn(2, 3, generator=g), dim=1), \
         torch.tensor([0.1, 0.2])
     m.proto_assign_0, m.proto_centroids_0, m.proto_phi_0 = torch.tensor([9, 0, 3, 9, 1, 3]), protos, phi
@@ -522,8 +523,8 @@ def test_stage_schedule_switches_at_configured_epochs():
     trainer.steps_per_epoch, trainer.total_steps = 10, 70
     m.on_epoch_end(trainer.context(6))  # the run's last epoch: nothing left to use prototypes for
     assert len(trainer.calls) == 3 and int(m.epoch) == 7
-    # without prototypes configured, stage 2 never starts
-    assert make_c3(reweight_start_epoch=1, proto_start_epoch=2).stage(5) == 1
+    # without a ProtoNCE stage configured, stage 2 never starts
+    assert make_c3(reweight_start_epoch=1).stage(5) == 1
 
 
 def test_stage_starts_as_fractions_follow_the_planned_epochs():
@@ -560,7 +561,7 @@ def test_c3_state_dict_round_trip_resizes_prototypes():
 
 
 def test_c3_registry():
-    m = build_method("c3_moco", TinyEncoder(), queue_size=16, n_clusters=[3], symmetric=True)
+    m = build_method("c3_moco", TinyEncoder(), queue_size=16, n_clusters=[3], proto_start_epoch=20, symmetric=True)
     assert isinstance(m, C3MoCo) and m.wants == ("index",)
     loss, logs = m(feats(8))
     assert torch.isfinite(loss) and logs["stage"] == 0.0  # default: InfoNCE until epoch 10
@@ -570,6 +571,19 @@ def test_c3_registry():
     assert (fresh.reweight_start_epoch, fresh.proto_start_epoch) == (10, 4)
     with pytest.raises(ValueError, match="unknown option.*n_cluster;"):
         build_method("c3_moco", TinyEncoder(), n_cluster=[3])
+
+
+def test_protonce_needs_both_a_start_and_clusters():
+    """ProtoNCE scheduled without clusters (or clusters without a start) was a silently skipped stage."""
+    with pytest.raises(ValueError, match="ProtoNCE stage is scheduled .* n_clusters is empty"):
+        make_c3(proto_start_epoch=5)
+    with pytest.raises(ValueError, match="ProtoNCE stage is scheduled"):
+        make_c3(proto_start_fraction=0.5)
+    with pytest.raises(ValueError, match="n_clusters is given but no ProtoNCE start"):
+        make_c3(n_clusters=[3])
+    plain = make_c3()  # re-weighted InfoNCE only: no ProtoNCE stage at all
+    assert plain.stage(10**6) == 1 and plain.proto_start_epoch == C3_NEVER
+    assert make_c3(proto_start_epoch=5, proto_weight=0.0).stage(10) == 1  # weight 0: off, said so explicitly
 
 
 # =============================== recipes ===================================================

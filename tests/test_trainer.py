@@ -164,10 +164,20 @@ def test_torchrun_two_processes_gloo(corpus, tmp_path):
 
 
 def test_embed_training_set(corpus, tmp_path):
+    """Whole utterances by default (each alone: the same as a batch of one of its whole audio), or a crop."""
+    from sslspeaker.data.audio import read_audio
+
     t = Trainer(make_cfg(corpus, "augment.mode=none"), tmp_path)
     emb = t.embed_training_set()
     assert emb.shape == (9, 16)
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(9, device=emb.device))  # on the training device
+    encoder = t.method.inference_encoder().eval()
+    for i in (0, 4):
+        wave = torch.from_numpy(read_audio(t.dataset.entries[i].path))[None]
+        alone = torch.nn.functional.normalize(encoder(t.features(wave)).float(), dim=1)[0]
+        assert torch.nn.functional.cosine_similarity(alone, emb[i], dim=0) > 0.999
+    cropped = t.embed_training_set(crop_seconds=0.5)
+    assert cropped.shape == (9, 16) and not torch.allclose(cropped, emb, atol=1e-3)
 
 
 @pytest.mark.parametrize("planned", [3, 100])

@@ -17,9 +17,16 @@ negatives. Three stages, each starting at a configured epoch:
    positive prototype is the centroid of its utterance's cluster (looked up by dataset
    ``index``), the other centroids are its negatives, each scaled by its concentration φ;
    L = L_reMoCo + ``proto_weight``·L_ProtoNCE, the ProtoNCE averaged over the clusterings.
+   The stage needs both a start (``proto_start_epoch`` or ``proto_start_fraction``) and
+   ``n_clusters``: either one without the other is an error, not a silently skipped stage. The
+   training set is embedded whole (``cluster_crop_seconds`` unset), batched by length.
 
-No clustering runs after the run's last epoch (``EpochContext.is_last_epoch``). Cluster assignments, prototypes and concentrations are buffers (saved in checkpoints; loading
-adopts the saved sizes). Under DDP every rank clusters and rank 0's result is broadcast.
+The projection head: the C3/DINO slides' MoCo has "an MLP projection head that maps the latent
+representation to an L2-normalised embedding where a contrastive loss is applied" (``projector:
+mlp`` in the C3 recipes); the speaker embedding stays the encoder's output.
+
+No clustering runs after the run's last epoch (``EpochContext.is_last_epoch``). Cluster assignments,
+prototypes and concentrations are buffers (saved in checkpoints; loading adopts the saved sizes). Under DDP every rank clusters and rank 0's result is broadcast.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from .options import option
 from .registry import register_method
 
 log = logging.getLogger(__name__)
+NEVER = 2**31 - 1  # the start epoch of a stage that is not scheduled
 
 __all__ = ["C3MoCo", "C3Options", "false_negative_mask", "false_negative_pairs", "proto_nce", "reweighted_info_nce"]
 
@@ -85,7 +93,8 @@ class C3Options(MoCoOptions):
     """MoCo's options plus the stages of class-collision correction."""
 
     reweight_start_epoch: int = option(10, "first epoch of the re-weighted InfoNCE")
-    proto_start_epoch: int = option(20, "first epoch of ProtoNCE (clustering ends the epoch before)")
+    proto_start_epoch: int | None = option(None, "first epoch of ProtoNCE (clustering ends the epoch before); "
+                                                 "unset (and no fraction): no ProtoNCE stage")
     reweight_start_fraction: float | None = option(None, "re-weighting start as a fraction of the planned epochs")
     proto_start_fraction: float | None = option(None, "ProtoNCE start as a fraction of the planned epochs")
     fn_ratio: float = option(0.8, "a queued key is a false negative when q·k > fn_ratio · q·k+")
@@ -99,14 +108,21 @@ class C3Options(MoCoOptions):
     concentration_alpha: float = option(10.0, "α smoothing the concentration of small clusters (PCL)")
     cluster_iters: int = option(20, "k-means iterations")
     cluster_backend: str = option("torch", "k-means implementation: torch | sklearn")
-    cluster_crop_seconds: float | None = option(None, "crop of each utterance embedded for clustering")
+    cluster_crop_seconds: float | None = option(None, "centred crop embedded for clustering; unset: whole utterances")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if any(k < 2 for k in self.n_clusters):
             raise ValueError(f"c3_moco: every n_clusters value must be >= 2, got {self.n_clusters}")
-        if self.reweight_start_epoch < 0 or self.proto_start_epoch < 0:
+        if self.reweight_start_epoch < 0 or (self.proto_start_epoch or 0) < 0:
             raise ValueError("c3_moco: stage start epochs must be >= 0")
+        scheduled = self.proto_start_epoch is not None or self.proto_start_fraction is not None
+        if scheduled and self.proto_weight > 0 and not self.n_clusters:
+            raise ValueError("c3_moco: a ProtoNCE stage is scheduled (proto_start_epoch / proto_start_fraction) but "
+                             "n_clusters is empty: give the k of each clustering, or unset the ProtoNCE start")
+        if self.n_clusters and not scheduled:
+            raise ValueError("c3_moco: n_clusters is given but no ProtoNCE start: set proto_start_epoch or "
+                             "proto_start_fraction")
         for name in ("reweight_start_fraction", "proto_start_fraction"):
             f = getattr(self, name)
             if f is not None and not 0.0 <= f <= 1.0:
@@ -126,7 +142,8 @@ class C3MoCo(MoCo):
         super().__init__(encoder, options, **values)
         o = self.options
         # stage start epochs live in the checkpoint: a resumed run keeps the starts its re-plans chose
-        self.register_buffer("stage_starts", torch.tensor([o.reweight_start_epoch, o.proto_start_epoch]))
+        proto_start = NEVER if o.proto_start_epoch is None else o.proto_start_epoch  # a fraction replaces it
+        self.register_buffer("stage_starts", torch.tensor([o.reweight_start_epoch, proto_start]))
         # fractions of the planned epochs, when given, replace the start epochs (see on_schedule)
         self.reweight_start_fraction, self.proto_start_fraction = o.reweight_start_fraction, o.proto_start_fraction
         self.fn_ratio, self.fn_min_pos = o.fn_ratio, o.fn_min_pos

@@ -81,6 +81,18 @@ def effective_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
+def _centred_crop(entry, frames: int) -> np.ndarray:
+    """``frames`` samples from the middle of ``entry``'s audio (tiled if shorter); zeros if unreadable."""
+    from ..data.audio import read_audio
+    from ..data.crops import tile_to
+
+    start = max(0, (int(entry.duration * 16000) - frames) // 2)
+    try:
+        return tile_to(read_audio(entry.path, start, frames), frames)
+    except Exception:  # unreadable: a zero row keeps indices aligned; it is never a positive
+        return np.zeros(frames, np.float32)
+
+
 def _autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -512,33 +524,32 @@ class Trainer:
     @torch.no_grad()
     def embed_training_set(self, encoder: torch.nn.Module | None = None, crop_seconds: float | None = None,
                            batch_size: int = 64) -> torch.Tensor:
-        """L2-normalised embeddings [N, D] of every training utterance (one centred crop each), in
-        dataset order, for epoch-end work such as clustering. Computed on every rank (cheap
-        relative to an epoch, and keeps ranks in lock-step)."""
-        from ..data.crops import tile_to
-        from ..data.audio import read_audio
+        """L2-normalised embeddings [N, D] of every training utterance, in dataset order, for epoch-end
+        work such as clustering: whole utterances (``crop_seconds`` None), batched by length
+        (``length_batches``: each cut, centred, to the shortest of its batch, so at least 95 % of it is
+        seen), or one centred crop of ``crop_seconds``. Computed on every rank (cheap relative to an
+        epoch, and keeps ranks in lock-step); an unreadable file gives a zero row (never a positive)."""
+        from ..data.crops import length_batches
 
         encoder = encoder if encoder is not None else self.method.inference_encoder()
-        frames = int((crop_seconds or self.cfg.data.crop_seconds) * 16000)
+        entries = self.dataset.entries
+        durations = [e.duration for e in entries]
+        if crop_seconds is None:
+            batches = length_batches(durations, batch_size, max_batch_seconds=batch_size * 10.0)
+        else:
+            batches = [np.arange(i, min(i + batch_size, len(entries))) for i in range(0, len(entries), batch_size)]
         was_training = encoder.training
         encoder.eval()
-        out = []
-        entries = self.dataset.entries
-        for i in range(0, len(entries), batch_size):
-            waves = []
-            for e in entries[i:i + batch_size]:
-                n = int(e.duration * 16000)
-                start = max(0, (n - frames) // 2)
-                try:
-                    waves.append(tile_to(read_audio(e.path, start, frames), frames))
-                except Exception:  # unreadable: a zero row keeps indices aligned; it is never a positive
-                    waves.append(np.zeros(frames, np.float32))
-            x = torch.from_numpy(np.stack(waves)).to(self.device)
+        out: torch.Tensor | None = None
+        for rows in batches:
+            frames = int((crop_seconds or min(durations[i] for i in rows)) * 16000)
+            x = torch.from_numpy(np.stack([_centred_crop(entries[i], frames) for i in rows])).to(self.device)
             with _autocast(self.precision, self.device):
-                emb = encoder(self.features(x))
-            out.append(torch.nn.functional.normalize(emb.float(), dim=1))
+                emb = torch.nn.functional.normalize(encoder(self.features(x)).float(), dim=1)
+            out = emb.new_zeros(len(entries), emb.shape[1]) if out is None else out
+            out[torch.as_tensor(rows, device=emb.device)] = emb
         encoder.train(was_training)
-        return torch.cat(out)
+        return out
 
     def validate(self) -> dict:
         """EER and minDCF(0.01) on the validation trial list, full-utterance cosine scoring."""

@@ -122,7 +122,7 @@ def test_margin_softmax_logits_match_loop():
     assert float(aam[0, 2]) == pytest.approx(s * (-0.999 - m * math.sin(m)), abs=1e-4)
 
 
-def supcon_loop(z, labels, tau):
+def supcon_loop(z, labels, tau, margin=0.0):
     terms = []
     for i in range(len(labels)):
         if labels[i] < 0:
@@ -131,9 +131,21 @@ def supcon_loop(z, labels, tau):
         P = [p for p in A if labels[p] == labels[i]]
         if not P:
             continue
-        denom = sum(math.exp(float(z[i] @ z[a]) / tau) for a in A)
-        terms.append(-sum(math.log(math.exp(float(z[i] @ z[p]) / tau) / denom) for p in P) / len(P))
+
+        def logit(a):
+            return (float(z[i] @ z[a]) - (margin if a in P else 0.0)) / tau
+
+        denom = sum(math.exp(logit(a)) for a in A)
+        terms.append(-sum(math.log(math.exp(logit(p)) / denom) for p in P) / len(P))
     return terms
+
+
+def test_supcon_margin_on_the_positives_matches_loop():
+    labels = torch.tensor([0, 1, 0, -1, 2, 1, 0, -1, 3])
+    z = unit(9, 6, seed=5)
+    terms = supcon_loop(z, labels.tolist(), 0.1, margin=0.2)
+    assert float(supcon(z, labels, 0.1, margin=0.2)) == pytest.approx(sum(terms) / 5, abs=1e-5)
+    assert float(supcon(z, labels, 0.1, margin=0.2)) > float(supcon(z, labels, 0.1))  # a margin asks for more
 
 
 def test_supcon_matches_loop_with_several_positives_and_unlabelled_rows():

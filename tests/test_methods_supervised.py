@@ -152,6 +152,21 @@ def test_aamsupcon_gates_its_aam_part_only():
     assert loss.item() == pytest.approx(aam + sc.item(), abs=1e-4)
 
 
+def test_aamsupcon_aam_on_the_first_view_only_and_margin_inside_supcon():
+    m = make("aamsupcon", temperature=0.2, aam_views="first", supcon_margin=0.1)
+    x, labels = feats(4, views=3), torch.tensor([1, 0, 1, 3])
+    loss, logs = m(x, labels)
+    first = direct_losses(m, x, labels)[::3]  # rows b·3: each utterance's first view
+    assert logs["aam"] == pytest.approx(sum(first) / 4, abs=1e-4)
+    emb = encode_views(m.encoder, nn.Identity(), x, normalize=False).flatten(0, 1)
+    sc = supcon(F.normalize(m.projector(emb), dim=1), labels.repeat_interleave(3), 0.2, margin=0.1)
+    assert logs["supcon"] == pytest.approx(sc.item(), abs=1e-5) and loss.item() == pytest.approx(
+        sum(first) / 4 + sc.item(), abs=1e-4)
+    for bad, match in (({"aam_views": "last"}, "aam_views"), ({"supcon_margin": 1.5}, "supcon_margin")):
+        with pytest.raises(ValueError, match=match):
+            make("aamsupcon", **bad)
+
+
 def test_gate_after_opens_the_gate_at_its_share_of_the_planned_steps_and_is_saved():
     x, labels = feats(4, views=2), torch.tensor([0, 1, 2, 3])
     m = make("amsoftmax", gate_fraction=0.5, gate_after=0.5)

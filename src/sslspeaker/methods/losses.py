@@ -132,9 +132,9 @@ def aam_softmax_logits(cos: Tensor, labels: Tensor, margin: float, scale: float,
 # ---- supervised contrastive ---------------------------------------------------------------------
 def supcon(
     z: Tensor, labels: Tensor, temperature: float, z_all: Tensor | None = None,
-    labels_all: Tensor | None = None, offset: int = 0, reduction: str = "mean",
+    labels_all: Tensor | None = None, offset: int = 0, reduction: str = "mean", margin: float = 0.0,
 ) -> Tensor:
-    """L = mean_{i: y_i ≥ 0, P(i) ≠ ∅} −1/|P(i)| Σ_{p∈P(i)} log e^(z_i·z_p/τ) / Σ_{a∈A(i)} e^(z_i·z_a/τ); A(i) = rows with y ≥ 0 except i, P(i) = {a ∈ A(i): y_a = y_i}  (SupCon L_out, Khosla et al. 2020 eq. 2)."""
+    """L = mean_{i: y_i ≥ 0, P(i) ≠ ∅} −1/|P(i)| Σ_{p∈P(i)} log e^((z_i·z_p − m)/τ) / Σ_{a∈A(i)} e^((z_i·z_a − m·[a∈P(i)])/τ); A(i) = rows with y ≥ 0 except i, P(i) = {a ∈ A(i): y_a = y_i}  (SupCon L_out, Khosla et al. 2020 eq. 2; m > 0: an additive margin on the positives' cosines, as NT-Xent-AM)."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f"supcon: reduction must be 'mean' or 'sum', got {reduction!r}")
     with torch.autocast(device_type=z.device.type, enabled=False):
@@ -152,9 +152,9 @@ def supcon(
         if not bool(keep.any()):
             return z.sum() * 0.0  # no labelled pair: zero, still attached to the graph
         # only anchors with a positive: a row with no candidate at all would give NaN gradients
-        logits = (z[keep] @ z_all.t() / temperature).masked_fill(~cand[keep], float("-inf"))
-        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
         pos = pos[keep]
+        logits = ((z[keep] @ z_all.t() - margin * pos) / temperature).masked_fill(~cand[keep], float("-inf"))
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
         per_anchor = -log_prob.masked_fill(~pos, 0.0).sum(dim=1) / pos.sum(dim=1)
         return per_anchor.mean() if reduction == "mean" else per_anchor.sum()
 

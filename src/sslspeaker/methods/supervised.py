@@ -91,11 +91,19 @@ class AAMSupConOptions(AAMOptions, ProjectorOptions):
     scale: float = option(32.0, "logit scale s")
     temperature: float = option(0.07, "SupCon temperature")
     supcon_weight: float = option(1.0, "weight of SupCon in SupCon + AAM-softmax")
+    aam_views: str = option("all", "views the AAM-softmax sees: all, or first (the published code: the first "
+                                   "augmented view only)")
+    supcon_margin: float = option(0.0, "additive margin on the positive pairs' cosines inside SupCon (as "
+                                       "NT-Xent-AM does for SimCLR); 0: plain SupCon")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.temperature <= 0:
             raise ValueError(f"aamsupcon: temperature must be > 0, got {self.temperature}")
+        if self.aam_views not in ("all", "first"):
+            raise ValueError(f"aamsupcon: aam_views must be 'all' or 'first', got {self.aam_views!r}")
+        if not 0.0 <= self.supcon_margin < 1.0:
+            raise ValueError(f"aamsupcon: supcon_margin must be in [0, 1), got {self.supcon_margin}")
 
 
 def with_class_count(name: str, options: dict, n_speakers: int) -> dict:
@@ -285,7 +293,13 @@ class AAMSoftmax(_MarginSoftmax):
 
 @register_method("aamsupcon")
 class AAMSupCon(AAMSoftmax):
-    """Supervised: SupCon over the augmented views of the (gathered) batch + AAM-softmax, summed (needs labels)."""
+    """Supervised: SupCon over the augmented views of the (gathered) batch + AAM-softmax, summed (needs labels).
+
+    The summed form matches the code the AAMSupCon paper links; ``aam_views: first`` applies the
+    AAM-softmax to each utterance's first augmented view only, as that code does, and
+    ``supcon_margin`` starts the margin inside SupCon itself (an additive margin on the positive
+    pairs' cosines), as one of its authors' other repositories does.
+    """
 
     Options = AAMSupConOptions
 
@@ -295,16 +309,22 @@ class AAMSupCon(AAMSoftmax):
         self.temperature, self.supcon_weight = float(o.temperature), float(o.supcon_weight)
         self.projector = projection_head(self.name, o, self.embed_dim)
 
+    def aam_rows(self, emb: Tensor, y: Tensor, views: int) -> tuple[Tensor, Tensor]:
+        """The rows (embeddings [B·V, D], labels) the AAM-softmax sees: every view, or each utterance's first."""
+        if self.options.aam_views == "all":
+            return emb, y
+        return emb.unflatten(0, (-1, views))[:, 0], y.unflatten(0, (-1, views))[:, 0]
+
     def forward(self, feats: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """feats: [B, V≥2, n_mels, frames], labels [B]; loss = SupCon (views of the global batch) + AAM-softmax."""
         check_views(self.name, feats, 2)
         y = self.labels_per_view(feats, labels)
         emb = encode_views(self.encoder, nn.Identity(), feats, normalize=False).flatten(0, 1)  # [B·V, D]
-        c = self.classification_loss(emb, y)
+        c = self.classification_loss(*self.aam_rows(emb, y, feats.shape[1]))
         aam = share_of_global_mean(c.loss_sum, c.kept)
         z = F.normalize(self.projector(emb).float(), dim=1)
         sc_sum = supcon(z, y, self.temperature, gather_with_grad(z), gather_nograd(y), local_offset(z.shape[0]),
-                        reduction="sum")
+                        reduction="sum", margin=self.options.supcon_margin)
         sc = share_of_global_mean(sc_sum, supcon_anchor_count(y))
         loss = self.supcon_weight * sc + aam
         with torch.no_grad():

@@ -44,6 +44,9 @@ class Method(nn.Module):
     # (online module, momentum copy) attribute names: ``make_momentum_copies`` creates the copies,
     # ``after_step`` moves them towards the online modules with ``momentum_at``.
     momentum_pairs: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # Under DDP: batch norm over the global batch of all ranks (SimCLR, DINO) instead of each rank's
+    # own (the default; MoCo needs its BN batches kept apart, see moco.py's shuffle BN).
+    sync_batchnorm: ClassVar[bool] = False
 
     def __init__(self, encoder: nn.Module, options: Options | None = None, **values: Any) -> None:
         """``options`` (a ``cls.Options``), or the option values as keywords, read strictly."""

@@ -177,6 +177,7 @@ class DINO(Method):
     Options = DINOOptions
     wants = ("local_feats",)
     momentum_pairs = (("encoder", "key_encoder"), ("head", "key_head"))  # the teacher: never trained by gradients
+    sync_batchnorm = True  # DINO's reference converts BN to SyncBN under DDP (student and teacher)
 
     def __init__(self, encoder: nn.Module, options: DINOOptions | None = None, **values) -> None:
         super().__init__(encoder, options, **values)

@@ -103,6 +103,7 @@ class MoCo(Method):
     Options = MoCoOptions
     wants = ("index",)  # dataset indices: keys of the query's own utterance are not negatives
     momentum_pairs = (("encoder", "key_encoder"), ("projector", "key_projector"))
+    sync_batchnorm = False  # never: the shuffled key sub-batches exist to keep BN statistics apart
     log_names = ("loss", "pos_cos", "neg_cos", "top1")
 
     def __init__(self, encoder: nn.Module, options: MoCoOptions | None = None, **values) -> None:

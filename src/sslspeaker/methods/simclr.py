@@ -12,7 +12,10 @@ asymmetric NT-Xent those papers compare against. ``margin`` m > 0 subtracts m fr
 cosine before the temperature (NT-Xent-AM).
 
 Both views go through the encoder in one pass, so a positive pair and its negatives share the
-BN batch statistics (no MoCo-style leakage: nothing here is encoded in a different BN batch).
+BN batch statistics (no MoCo-style leakage: nothing here is encoded in a different BN batch). On
+several devices that holds because SimCLR declares ``sync_batchnorm``: under DDP its batch norm
+layers normalise with the statistics of the global batch (``models.global_bn``), the batch whose
+views are contrasted, as SimCLR's global BN does.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class SimCLROptions(ProjectorOptions):
 @register_method("simclr")
 class SimCLR(Method):
     """SimCLR: NT-Xent(-AM) between two segments of an utterance, in-batch negatives gathered from all ranks."""
+
+    sync_batchnorm = True  # global-batch BN statistics under DDP (SimCLR's global BN)
 
     Options = SimCLROptions
 

@@ -31,6 +31,7 @@ from ..data.manifest import read_trials
 from ..evaluation.embeddings import embed_files
 from ..evaluation.scoring import metrics_from_scores, score_trials, trial_labels
 from ..methods.base import EpochContext
+from ..models.global_bn import convert_to_global_bn
 from ..inference.checkpoint_source import encoder_name, encoder_state
 from .build import TrainingParts, build_optimizer, build_parts, build_scheduler
 from .checkpoint import (check_resumable, load_checkpoint, nonfinite_tensors, rng_state, save_checkpoint,
@@ -191,6 +192,8 @@ class Trainer:
         if t.channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.model = self.method
+        if self.world > 1 and self.method.sync_batchnorm:
+            convert_to_global_bn(self.method, self.device)  # in place: the method keeps its attributes
         if self.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,

@@ -398,6 +398,7 @@ RECIPES = {
     "aamsoftmax_speechocean762": "aamsoftmax", "aamsupcon_speechocean762": "aamsupcon",
     "softmax_speechocean762": "softmax",
     "moco_supcon_speechocean762": "moco_supcon", "moco_noaug_speechocean762": "moco",
+    "ssps_simclr_speechocean762": "simclr", "ssps_moco_speechocean762": "moco", "ssps_simclr_voxceleb2": "simclr",
 }
 
 
@@ -417,6 +418,8 @@ def test_recipe_loads_and_builds(recipe, tmp_path, monkeypatch):
         assert cfg.data.labelled_fraction == 0.15
     if "am_sym" in recipe:
         assert method.symmetric and method.margin > 0
+    if recipe.startswith("ssps_"):
+        assert method.ssps is not None and method.wants == ("index",)
     # the no-augmentation variant changes nothing else of its base (the N|R development recipe)
     if recipe == "moco_noaug_speechocean762":
         base = load_config(CONFIGS / "moco_speechocean762.yaml", ["model.encoder=fast_resnet34"])

@@ -183,6 +183,7 @@ class C3MoCo(MoCo):
     def on_schedule(self, planned_epochs: int) -> None:
         """Stage starts given as fractions become epochs: start = round(fraction · planned epochs)."""
         # an entered stage is kept: a run in ProtoNCE (prototypes computed) never falls back to InfoNCE
+        super().on_schedule(planned_epochs)
         e = int(self.epoch)
         self.reweight_start_epoch = replanned_point(self.reweight_start_epoch, e, self.reweight_start_fraction,
                                                     planned_epochs)
@@ -277,6 +278,7 @@ class C3MoCo(MoCo):
 
     def on_epoch_end(self, context: EpochContext) -> None:
         """Advance the stage counter; before ProtoNCE epochs, cluster the key encoder's embeddings of the training set."""
+        super().on_epoch_end(context)  # SSPS, when on
         epoch = context.epoch
         self.epoch.fill_(epoch + 1)
         if self.stage(epoch + 1) != 2 or context.is_last_epoch:  # last epoch: no training left to use prototypes

@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributed import broadcast, gather_nograd, get_rank, get_world_size
-from .base import Method
+from .base import EpochContext, Method
 from .losses import contrastive_logits, positive_cross_entropy, positive_top1
-from .options import Options, option
+from .options import option
 from .registry import register_method
+from .ssps import PositiveSampler, SSPSOptions
 from .views import check_views, embed_dim_of
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def keys_per_epoch(n_examples: int, global_batch_size: int, symmetric: bool) -> 
 
 
 @dataclass
-class MoCoOptions(Options):
+class MoCoOptions(SSPSOptions):
     """MoCo's options."""
 
     queue_size: int = option(65536, "negatives kept in the FIFO queue (clamped to one epoch of keys)")
@@ -75,6 +76,7 @@ class MoCoOptions(Options):
     seed: int | None = option(None, "queue and key-shuffle seed; default the trainer's torch seed")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.projector not in ("none", "mlp"):
             raise ValueError(f"moco: projector must be 'none' or 'mlp', got {self.projector!r}")
         if self.queue_size < 1 or not 0.0 <= self.momentum <= 1.0 or self.temperature <= 0.0:
@@ -115,6 +117,8 @@ class MoCo(Method):
         self.projector = mlp_projector(embed_dim, o.proj_hidden, o.proj_dim) if o.projector == "mlp" else nn.Identity()
         self.make_momentum_copies()
         self._init_queue(o.queue_size, o.proj_dim if o.projector == "mlp" else embed_dim, o.seed)
+        # SSPS: a query's key may be a queued key of a nearby utterance (methods/ssps.py)
+        self.ssps = PositiveSampler(o, self.queue.shape[1], own_queue=False) if o.ssps else None
 
     def _init_queue(self, size: int, dim: int, seed: int | None) -> None:
         # Default: the trainer's torch.manual_seed, identical on every rank, so all ranks start
@@ -196,10 +200,33 @@ class MoCo(Method):
             k, k_all = self.encode_keys(xk)  # [B, D] local keys, [world·B, D] keys of the global batch
             keys.append(k)
             new_keys.append(k_all)
+        if self.ssps is not None and self.ssps.active() and index is not None:
+            keys, own = self.sampled_keys(keys, own, queue, index)
         loss, logs = self.loss(EncodedPairs(queries, keys, queue, own, labels, index))
         if self.training:
             self.enqueue(torch.cat(new_keys), self.key_indices(index, len(views)))
         return loss, logs
+
+    def sampled_keys(self, keys: list[Tensor], own: Tensor | None, queue: Tensor,
+                     index: Tensor) -> tuple[list[Tensor], Tensor]:
+        """SSPS: where a queued key of a nearby utterance was drawn it is the positive (for every pair) and
+        leaves the negatives; elsewhere the query keeps its own key."""
+        pseudo, found, choice = self.ssps.sample(index, queue, self.queue_index)
+        own = torch.zeros(index.shape[0], queue.shape[0], dtype=torch.bool, device=queue.device) if own is None \
+            else own.clone()
+        rows = torch.arange(index.shape[0], device=queue.device)[found]
+        own[rows, choice[found]] = True
+        f = found[:, None].to(queue.device)
+        return [torch.where(f, pseudo.to(k.dtype), k) for k in keys], own
+
+    def on_epoch_end(self, context: EpochContext) -> None:
+        """SSPS: the reference clustering of the training set (from the epoch before its start on)."""
+        if self.ssps is not None:
+            self.ssps.on_epoch_end(context, self.inference_encoder(), seed=int(self.shuffle_seed))
+
+    def on_schedule(self, planned_epochs: int) -> None:
+        if self.ssps is not None:
+            self.ssps.on_schedule(planned_epochs)
 
     def loss(self, pairs: EncodedPairs) -> tuple[Tensor, dict[str, float]]:
         """The loss hook: InfoNCE of each pair against the queue, averaged over the pairs."""

@@ -27,15 +27,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributed import gather_with_grad
-from .base import Method
+from .base import EpochContext, Method
 from .losses import nt_xent_logits, positive_top1
 from .options import option
 from .registry import register_method
+from .ssps import PositiveSampler, SSPSOptions
 from .views import ProjectorOptions, check_views, embed_dim_of, encode_views, local_offset, projection_head
 
 
 @dataclass
-class SimCLROptions(ProjectorOptions):
+class SimCLROptions(ProjectorOptions, SSPSOptions):
     """SimCLR's options."""
 
     temperature: float = option(0.07, "NT-Xent temperature τ")
@@ -43,6 +44,7 @@ class SimCLROptions(ProjectorOptions):
     symmetric: bool = option(True, "both views are anchors (2N−2 negatives); false: view 0 only")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.temperature <= 0.0:
             raise ValueError(f"simclr: temperature must be > 0, got {self.temperature}")
 
@@ -60,18 +62,26 @@ class SimCLR(Method):
         o = self.options
         self.temperature, self.margin, self.symmetric = float(o.temperature), float(o.margin), bool(o.symmetric)
         self.projector = projection_head(self.name, o, embed_dim_of(self.name, encoder))
+        self.ssps = None
+        if o.ssps:  # positives sampled among queued second views of nearby utterances (methods/ssps.py)
+            dim = embed_dim_of(self.name, encoder) if o.projector == "none" else o.proj_dim
+            self.ssps = PositiveSampler(o, dim, own_queue=True)
+            self.wants = ("index",)
 
     def embed(self, feats: Tensor) -> Tensor:
         """Unit embeddings of the first two views: [B, V, n_mels, frames] → [B, 2, D]."""
         return encode_views(self.encoder, self.projector, feats[:, :2])
 
-    def forward(self, feats: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """feats: [B, V≥2, n_mels, frames]; returns (NT-Xent loss, logs)."""
+    def forward(self, feats: Tensor, labels: Tensor | None = None,
+                index: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """feats: [B, V≥2, n_mels, frames], index: dataset indices [B] (SSPS); returns (NT-Xent loss, logs)."""
         check_views("simclr", feats, 2)
         z = self.embed(feats)
         z_all = gather_with_grad(z)
         logits, target = nt_xent_logits(z, self.temperature, self.margin, self.symmetric, z_all,
                                          local_offset(z.shape[0]))
+        if self.ssps is not None and index is not None:
+            logits = self._sampled_positives(z, logits, target, index)
         loss = F.cross_entropy(logits, target)
         with torch.no_grad():
             rows = torch.arange(logits.shape[0], device=logits.device)
@@ -81,3 +91,35 @@ class SimCLR(Method):
             neg = (logits * self.temperature).masked_fill(~neg_mask, 0.0).sum() / neg_mask.sum()
             stats = torch.stack([loss.detach(), pos.mean(), neg, positive_top1(logits, target, self.margin, self.temperature)])
         return loss, dict(zip(("loss", "pos_cos", "neg_cos", "top1"), stats.tolist()))
+
+    def _sampled_positives(self, z: Tensor, logits: Tensor, target: Tensor, index: Tensor) -> Tensor:
+        """SSPS: each anchor's positive column holds a queued positive of a nearby utterance where one was
+        drawn (its second crop leaves the row); then this batch's second views join the queue."""
+        if self.ssps.active():
+            pseudo, found, _ = self.ssps.sample(index, self.ssps.queue, self.ssps.queue_index)
+            anchors = torch.cat([z[:, 0], z[:, 1]]) if self.symmetric else z[:, 0]
+            reps = anchors.shape[0] // z.shape[0]
+            logits = with_pseudo_positives(logits, target, anchors, pseudo.repeat(reps, 1), found.repeat(reps),
+                                           self.temperature, self.margin)
+        if self.training:
+            self.ssps.enqueue(z[:, 1], index)
+        return logits
+
+    def on_epoch_end(self, context: EpochContext) -> None:
+        """SSPS: the reference clustering of the training set (from the epoch before its start on)."""
+        if self.ssps is not None:
+            self.ssps.on_epoch_end(context, self.inference_encoder(), seed=context.epoch)
+
+    def on_schedule(self, planned_epochs: int) -> None:
+        if self.ssps is not None:
+            self.ssps.on_schedule(planned_epochs)
+
+
+def with_pseudo_positives(logits: Tensor, target: Tensor, anchors: Tensor, pseudo: Tensor, found: Tensor,
+                          temperature: float, margin: float) -> Tensor:
+    """logits_i,t(i) ← (a_i·p_i − m)/τ where a pseudo-positive p_i was drawn (found_i), else unchanged  (SSPS)."""
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        pos = ((anchors.float() * pseudo.float()).sum(dim=1) - margin) / temperature
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        new = torch.where(found.to(logits.device), pos, logits[rows, target])
+        return logits.index_put((rows, target), new)

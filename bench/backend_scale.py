@@ -8,18 +8,15 @@ and projection; and, as a check that the fitted model is sound, the PLDA EER on 
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _record import cpu_kind, record, table  # noqa: E402
+from _record import cpu_kind, record, table
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from sslspeaker.backends import build_backend  # noqa: E402
-from sslspeaker.backends.stats import scatter, speaker_sums  # noqa: E402
-from sslspeaker.evaluation.metrics import compute_eer  # noqa: E402
+from sslspeaker.backends import build_backend
+from sslspeaker.backends.stats import scatter, speaker_sums
+from sslspeaker.evaluation.metrics import compute_eer
 
 
 def covariances(rng, dim: int) -> tuple[np.ndarray, np.ndarray]:

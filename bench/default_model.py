@@ -1,9 +1,15 @@
-"""Package a development run as the default model shipped inside sslspeaker.
+"""Package a development run, or choose a pipeline's model, as the default model shipped inside sslspeaker.
 
-Exports RUN_DIR's encoder to ``src/sslspeaker/pretrained/default.safetensors`` with its
-decision threshold set to the EER threshold on the speechocean762 dev trials (full-utterance
-cosine), and records in BENCHMARKS.md how the model was trained (recipe, steps, budget,
-commit of the training run) and its dev EER/minDCF.
+``python bench/default_model.py RUN_DIR``: exports RUN_DIR's encoder to
+``src/sslspeaker/pretrained/default.safetensors`` with its decision threshold set to the EER
+threshold on the speechocean762 dev trials (full-utterance cosine), and records in BENCHMARKS.md
+how the model was trained (recipe, steps, budget, commit of the training run) and its dev
+EER/minDCF.
+
+``python bench/default_model.py --pipeline DIR [DIR ...]``: the candidates are the shipped default
+and each pipeline's final ``model.safetensors`` (its back-end, calibration and Bayes threshold
+as the pipeline made them from the pool alone); each is scored on the dev trials with what it
+carries, and the lowest dev EER is shipped, unchanged. The dev trials choose; they fit nothing.
 """
 
 import argparse
@@ -23,11 +29,16 @@ RESULTS = Path(__file__).resolve().parent / "results" / "dev_protocol.jsonl"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("run_dir", help="a finished development run, e.g. runs/dev/moco_30min")
+    ap.add_argument("run_dir", nargs="?", help="a finished development run, e.g. runs/dev/moco_30min")
+    ap.add_argument("--pipeline", nargs="+", help="pipeline output folders whose model.safetensors are candidates")
     ap.add_argument("--protocols", default="full,mocovox10x10,clova10crop",
                     help="scoring protocols for the dev table (the threshold always comes from full)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
+    if args.pipeline:
+        return choose_from_pipelines(args)
+    if not args.run_dir:
+        ap.error("give RUN_DIR or --pipeline DIR")
     so = data_root(required=True) / "speechocean762"
     trials = so / "protocol" / "dev_trials.txt"
     res = evaluate(args.run_dir, trials, so, protocol="full", cache=False, progress=False)
@@ -62,6 +73,52 @@ def main() -> None:
              "training command and commit are in the development-protocol section's row of the same name. Its "
              "threshold is the dev-trial EER threshold.")
     record("default_model", "The default model shipped in the package", body)
+
+
+def dev_row(name: str, model: Path, trials: Path, audio_root: Path) -> dict:
+    """The dev-trial figures of ``model`` scored with what it carries (back-end, calibration)."""
+    r = evaluate(str(model), trials, audio_root, protocol="full", cache=False, progress=False)
+    return {"candidate": name, "file": str(model), "backend": r.get("backend") or "cosine",
+            "dev EER %": round(r["eer"], 2), "dev minDCF0.01": round(r["min_dcf_0.01"], 3),
+            "Cllr": "" if r.get("cllr") is None else round(r["cllr"], 3),
+            "min Cllr": "" if r.get("min_cllr") is None else round(r["min_cllr"], 3),
+            "size MB": round(model.stat().st_size / 2**20, 1)}
+
+
+def choose_from_pipelines(args) -> None:
+    """Score the shipped default and each pipeline's model on the dev trials; ship the lowest dev EER."""
+    import shutil
+
+    from sslspeaker.fileio import atomic_path
+
+    so = data_root(required=True) / "speechocean762"
+    trials = so / "protocol" / "dev_trials.txt"
+    shipped = default_model_path()
+    kept = Path("/tmp") / "sslspeaker_previous_default.safetensors"
+    shutil.copyfile(shipped, kept)  # the candidate is scored from a copy: the file may be replaced below
+    rows = [dev_row("shipped default (before)", kept, trials, so)]
+    for folder in args.pipeline:
+        rows.append(dev_row(f"pipeline {Path(folder).name} (its stages: the pipeline section's rows of that run)",
+                            Path(folder) / "model.safetensors", trials, so))
+    best = min(rows, key=lambda r: r["dev EER %"])
+    for r in rows:
+        r["chosen"] = "yes" if r is best else ""
+    print(json.dumps(rows, indent=1))
+    if best is not rows[0]:
+        with atomic_path(shipped, suffix=".safetensors") as tmp:
+            shutil.copyfile(best["file"], tmp)
+    if args.no_record:
+        return
+    for r in rows:
+        r["file"] = Path(r["file"]).name if r is not rows[0] else "default.safetensors (before)"
+    body = table(rows, list(rows[0])) + (
+        "\n\nHow it was chosen: every candidate is scored on `speechocean762/protocol/dev_trials.txt` with what its "
+        "file carries (back-end, calibration, decision threshold), and the lowest dev EER is shipped unchanged. The "
+        "dev trials only choose: the pipeline's back-end and calibration were fitted on its pool's pseudo-speakers "
+        "(no dev speaker, no label), its threshold is the Bayes threshold at its stated prior, and no outside set "
+        "was scored.")
+    record("default_model", "The default model shipped in the package", body,
+           command="python bench/default_model.py --pipeline " + " ".join(args.pipeline))
 
 
 if __name__ == "__main__":

@@ -9,19 +9,16 @@ timed (it is the model's cost, not the stage's).
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _record import hardware_kind, record, table  # noqa: E402
-from clustering import embeddings  # noqa: E402
+from _record import hardware_kind, record, table
+from clustering import embeddings
 
-import torch  # noqa: E402
+import torch
 
-from sslspeaker.pseudolabel.cluster import faiss_available, kmeans_labels  # noqa: E402
-from sslspeaker.pseudolabel.estimate import estimate_clusters  # noqa: E402
-from sslspeaker.pseudolabel.filter import filter_members  # noqa: E402
+from sslspeaker.pseudolabel.cluster import faiss_available, kmeans_labels
+from sslspeaker.pseudolabel.estimate import estimate_clusters
+from sslspeaker.pseudolabel.filter import filter_members
 
 
 TITLE = "Pseudo-label clustering at VoxCeleb2 scale (1 M embeddings)"

@@ -194,3 +194,31 @@ def test_stored_pool_embeddings_only_from_the_inference_encoder(tmp_path):
     assert stored_pool_embeddings({**labels, "inference_embeddings": True}, "runs/ssl") is not None
     assert stored_pool_embeddings({**labels, "inference_embeddings": False}, "runs/ssl") is None
     assert stored_pool_embeddings(labels, "runs/other") is None
+
+
+def test_calibration_on_speakers_the_last_round_never_saw(corpus, tmp_path):
+    """labels holds half of its (4) pseudo-speakers out of training (hold_out); the back-end fits on the
+    rest of the later labels and the calibration scores only the held-out utterances."""
+    root, pool, trials = corpus
+    recipe = tiny_recipes(tmp_path, pool, trials)
+    tree = yaml.safe_load(recipe.read_text())
+    labels = tree["stages"][1]
+    labels["options"]["hold_out"] = 0.5
+    tree["stages"].insert(3, {**labels, "name": "labels2", "options": {**labels["options"], "hold_out": 0.0}})
+    tree["stages"][4]["options"] = {"calibration_from": "labels"}
+    out = tmp_path / "run"
+    assert main(["pipeline", str(write_yaml(tmp_path / "holdout.yaml", tree)), "--out", str(out)]) == 0
+    stages = json.loads((out / "report.json").read_text())["stages"]
+    first = stages["labels"]["outputs"]
+    trained = {e.path for e in read_manifest(first["manifest"])}
+    unseen = {e.path for e in read_manifest(first["held_out"])}
+    assert unseen and not trained & unseen and first["manifest"].endswith("train.csv")
+    assert first["speakers"] == len({e.speaker for e in read_manifest(first["manifest"])})
+    sup_data = yaml.safe_load((out / "03_sup" / "config.yaml").read_text())["data"]["train"]
+    assert [d["manifest"] if isinstance(d, dict) else d for d in sup_data] == [first["manifest"]]
+    calibrated = {e.path for e in read_manifest(stages["backend"]["outputs"]["held_out"])}
+    assert calibrated and calibrated <= unseen
+    assert stages["calibration"]["outputs"]["pairs"] > 0
+    bad = {**tree, "stages": [dict(s) for s in tree["stages"]]}
+    bad["stages"][1] = {**labels, "options": {**labels["options"], "hold_out": 0.0}}
+    assert main(["pipeline", str(write_yaml(tmp_path / "bad.yaml", bad)), "--out", str(tmp_path / "bad")]) == 2

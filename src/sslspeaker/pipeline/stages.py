@@ -12,6 +12,12 @@ Each takes a ``StageContext`` and returns the stage's outputs (paths and figures
   test) and fits the back-end chain on the rest.
 - ``calibrate``: scores pairs among the held-out pseudo-speakers (same cluster = target) and
   fits the logistic calibration, so no labelled trial is needed.
+
+Held out of training too: a pseudolabel stage with ``options.hold_out`` moves that share of its
+pseudo-speakers from its training manifest (``train.csv``) to ``held_out.csv``, and a backend
+stage with ``options.calibration_from`` naming it calibrates on those utterances only: speakers
+the following training round never saw, as the test speakers will be (``calibration_share``
+holds out speakers the encoder was trained on, whose target scores run higher than a test's).
 """
 
 from __future__ import annotations
@@ -97,36 +103,55 @@ def run_train(ctx: StageContext) -> dict:
 
 
 # ---- pseudolabel -----------------------------------------------------------------------------
+HOLD_OUT_OPTIONS = ("hold_out", "hold_out_seed")  # the pipeline's own options of a pseudolabel stage
+
+
 def run_pseudolabel(ctx: StageContext) -> dict:
     from ..pseudolabel.run import PseudoLabelOptions, pseudolabel
 
     st = ctx.stage
     _, model = stage_run(ctx, "train", st.model_from)
     clusters = st.clusters if st.clusters == "auto" else int(st.clusters)
+    options = {k: v for k, v in st.options.items() if k not in HOLD_OUT_OPTIONS}
     try:
         opts = PseudoLabelOptions(clusters=clusters, algorithm=st.algorithm, device=ctx.cfg.device, force=True,
-                                  **st.options)
+                                  **options)
     except TypeError as exc:
         raise ConfigError(f"stage {st.name}.options: {exc}") from None
     report = pseudolabel(model["run"], pool_manifest(ctx), ctx.folder, opts)
-    manifest = ctx.folder / "manifest.csv"
+    manifest, held_out = split_off_held_out(ctx.folder, float(st.options.get("hold_out", 0.0)),
+                                           int(st.options.get("hold_out_seed", 0)))
     speakers = len({e.speaker for e in read_manifest(manifest)})
     weights = report["model"].get("encoder_weights")
-    return {"manifest": str(manifest), "model": model["run"], "speakers": speakers,
+    return {"manifest": str(manifest), "model": model["run"], "speakers": speakers, "held_out": held_out,
             "inference_embeddings": weights is None or weights == report["model"].get("inference_encoder"),
             "k": report["clustering"]["k"], "k_found_by": report["clustering"].get("k_found_by"),
             "kept": report["kept"]["utterances"], "dropped": report["dropped"]["utterances"],
             "diagnostics": report.get("diagnostics")}
 
 
+def split_off_held_out(folder: Path, share: float, seed: int) -> tuple[Path, str | None]:
+    """(training manifest, held-out manifest or None): with ``share`` > 0, that share of the pseudo-speakers
+    (whole clusters) leaves the training manifest (``train.csv``) for ``held_out.csv``, so that the next
+    training round never sees them and a later calibration scores speakers its encoder has not seen."""
+    manifest = folder / "manifest.csv"
+    if share <= 0:
+        return manifest, None
+    entries = read_manifest(manifest)
+    held = held_out_speakers(np.array([e.speaker for e in entries]), share, seed, "hold_out")
+    write_manifest(folder / "train.csv", [e for e, h in zip(entries, held) if not h], relative=False)
+    write_manifest(folder / "held_out.csv", [e for e, h in zip(entries, held) if h], relative=False)
+    return folder / "train.csv", str(folder / "held_out.csv")
+
+
 # ---- backend and calibration -----------------------------------------------------------------
-def held_out_speakers(speakers: np.ndarray, share: float, seed: int) -> np.ndarray:
+def held_out_speakers(speakers: np.ndarray, share: float, seed: int, option: str = "calibration_share") -> np.ndarray:
     """A seeded mask of utterances whose pseudo-speaker is among the held-out ``share`` of speakers."""
     names = np.unique(speakers)
     rng = np.random.default_rng(seed)
     n_out = int(round(share * len(names)))
     if share > 0 and not 2 <= n_out < len(names) - 1:
-        raise ConfigError(f"calibration_share={share}: {n_out} of {len(names)} pseudo-speakers held out "
+        raise ConfigError(f"{option}={share}: {n_out} of {len(names)} pseudo-speakers held out "
                           "(needs at least 2 held out and 2 kept)")
     out = set(rng.choice(names, size=n_out, replace=False)) if n_out else set()
     return np.array([s in out for s in speakers])
@@ -196,8 +221,7 @@ def run_backend(ctx: StageContext) -> dict:
     _, model = stage_run(ctx, "train", st.model_from)
     _, labels = stage_run(ctx, "pseudolabel", st.labels_from)
     emb, speakers = embed_labelled(ctx, model["run"], labels["manifest"], stored_pool_embeddings(labels, model["run"]))
-    share = float(st.options.get("calibration_share", 0.2))
-    held = held_out_speakers(speakers, share, int(st.options.get("seed", 0)))
+    held = calibration_speakers(ctx, labels["manifest"], speakers)
     chain = BackendChain.build(list(st.chain)).fit(emb[~held], speakers[~held])
     path = save_chain(chain, ctx.folder)
     write_manifest(ctx.folder / "held_out.csv", [e for e, h in zip(read_manifest(labels["manifest"]), held) if h],
@@ -207,6 +231,27 @@ def run_backend(ctx: StageContext) -> dict:
             "fit_utterances": int((~held).sum()),
             "fit_speakers": int(len(np.unique(speakers[~held]))), "held_out": str(ctx.folder / "held_out.csv"),
             "held_out_utterances": int(held.sum())}
+
+
+def calibration_speakers(ctx: StageContext, manifest: str, speakers: np.ndarray) -> np.ndarray:
+    """A mask of the utterances held out of the back-end's fit for calibration: those an earlier pseudolabel
+    stage held out of training (``options.calibration_from``: its name), or ``calibration_share`` of the
+    pseudo-speakers drawn here (seen in training, then)."""
+    st = ctx.stage
+    source = st.options.get("calibration_from")
+    if source is None:
+        share, seed = float(st.options.get("calibration_share", 0.2)), int(st.options.get("seed", 0))
+        return held_out_speakers(speakers, share, seed)
+    _, labels = stage_run(ctx, "pseudolabel", source)
+    if not labels.get("held_out"):
+        raise ConfigError(f"stage {st.name}.options.calibration_from: stage {source} held nothing out "
+                          "(give it options.hold_out)")
+    unseen = {e.path for e in read_manifest(labels["held_out"])}
+    held = np.array([e.path in unseen for e in read_manifest(manifest)])
+    if len(np.unique(speakers[held])) < 2 or len(np.unique(speakers[~held])) < 2:
+        raise ConfigError(f"stage {st.name}: the utterances stage {source} held out fall into fewer than 2 "
+                          "pseudo-speakers (or leave fewer than 2 to fit on)")
+    return held
 
 
 def calibration_pairs(speakers: np.ndarray, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

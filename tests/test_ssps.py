@@ -158,3 +158,22 @@ def test_trains_with_ssps_in_the_trainer(method, tmp_path):
     assert t.method.ssps.assign.shape == (8,) and t.method.ssps.active()
     losses = [r["loss"] for r in map(json.loads, open(tmp_path / "run" / "log.jsonl")) if "loss" in r]
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+
+
+def test_dino_targets_come_from_the_teacher_head_of_a_sampled_embedding():
+    from sslspeaker.methods.dino import dino_cross_entropy
+
+    torch.manual_seed(0)
+    m = build_method("dino", TinyEncoder(), out_dim=16, hidden_dim=12, bottleneck_dim=6, ssps=True,
+                     ssps_start_epoch=0, ssps_clusters=2, ssps_queue_size=4).eval()
+    assert m.wants == ("local_feats", "index")
+    queued = torch.randn(2, 8)
+    _activate(m, [0, 0, 1, 1], queued, [1, 3])
+    x, index = feats(2, seed=4), torch.tensor([0, 2])
+    loss, _ = m(x, index=index)
+    with torch.no_grad():
+        g = torch.cat([x[:, 0], x[:, 1]])
+        s = m._head(m.head, m.encoder(g)).reshape(2, 2, -1)
+        t = m._head(m.key_head, queued).reshape(1, 2, -1).expand(2, 2, -1)  # anchor 0 <- utt 1, anchor 2 <- utt 3
+        want = dino_cross_entropy(s, t, m.center, m.current_teacher_temp(), m.student_temp)
+    assert float(loss) == pytest.approx(float(want), abs=1e-5)

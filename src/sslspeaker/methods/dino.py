@@ -52,8 +52,9 @@ from torch import Tensor, nn
 from ..distributed import get_world_size
 from ..models.heads import build_head
 from .base import EpochContext, Method, replanned_point
-from .options import Options, option
+from .options import option
 from .registry import register_method
+from .ssps import PositiveSampler, SSPSOptions
 from .views import embed_dim_of
 
 __all__ = [
@@ -135,7 +136,7 @@ def _entropy(p: Tensor) -> Tensor:
 
 # ---- method -------------------------------------------------------------------------------
 @dataclass
-class DINOOptions(Options):
+class DINOOptions(SSPSOptions):
     """DINO's options."""
 
     out_dim: int = option(65536, "prototypes K of the DINO head")
@@ -156,6 +157,7 @@ class DINOOptions(Options):
     inference_encoder: str = option("teacher", "encoder that validation, export and embed use: teacher or student")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.out_dim < 2 or self.teacher_temp <= 0 or self.warmup_teacher_temp <= 0 or self.student_temp <= 0:
             raise ValueError("dino: need out_dim >= 2 and positive temperatures")
         if not all(0.0 <= m <= 1.0 for m in (self.momentum, self.momentum_final, self.center_momentum)):
@@ -194,6 +196,10 @@ class DINO(Method):
                                bottleneck_dim=o.bottleneck_dim, norm_last_layer=o.norm_last_layer, use_bn=o.head_bn)
         self.make_momentum_copies()  # same weights as the student at the start
         self.register_buffer("center", initial_center(o.out_dim, o.bottleneck_dim, o.center_init))
+        self.ssps = None
+        if o.ssps:  # the teacher's target from a queued teacher embedding of a nearby utterance (methods/ssps.py)
+            self.ssps = PositiveSampler(o, embed_dim_of(self.name, encoder), own_queue=True)
+            self.wants = ("local_feats", "index")
         self.register_buffer("warmup_epochs", torch.tensor(o.warmup_teacher_temp_epochs))
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
         self.register_buffer("momentum_now", torch.tensor(float(o.momentum), dtype=torch.float64))
@@ -242,8 +248,8 @@ class DINO(Method):
         with torch.autocast(device_type=emb.device.type, enabled=False):
             return head(emb.float())
 
-    def forward(self, feats: Tensor, labels: Tensor | None = None,
-                local_feats: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, feats: Tensor, labels: Tensor | None = None, local_feats: Tensor | None = None,
+                index: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """feats: [B, V, n_mels, frames] global views; local_feats: [B, V_local, n_mels, frames_local] or None."""
         if feats.dim() != 4:
             raise ValueError(f"dino: feats must be [B, V, n_mels, frames], got {tuple(feats.shape)}")
@@ -257,9 +263,12 @@ class DINO(Method):
         if n_local:
             student.append(self._head(self.head, self.encoder(self._views_first(local_feats))))
         with torch.no_grad():
-            teacher = self._head(self.key_head, self.key_encoder(g))
+            t_emb = self.key_encoder(g)
+            teacher = self._head(self.key_head, t_emb)
         s = torch.cat(student).float().reshape(V + n_local, B, -1)
         t = teacher.detach().float().reshape(V, B, -1)
+        if self.ssps is not None and index is not None:
+            t = self._sampled_targets(t, t_emb[:B], index)
         tau_t = self.current_teacher_temp()
         loss = dino_cross_entropy(s, t, self.center, tau_t, self.student_temp)
         with torch.no_grad():
@@ -278,6 +287,18 @@ class DINO(Method):
         logs.update(teacher_temp=tau_t, momentum=float(self.momentum_now))
         return loss, logs
 
+    @torch.no_grad()
+    def _sampled_targets(self, t: Tensor, t_emb: Tensor, index: Tensor) -> Tensor:
+        """SSPS: every teacher view of anchor i becomes the teacher's output for a queued teacher embedding of a
+        nearby utterance, where one was drawn; then this batch's first-view teacher embeddings join the queue."""
+        if self.ssps.active():
+            pseudo, found, _ = self.ssps.sample(index, self.ssps.queue, self.ssps.queue_index)
+            p = self._head(self.key_head, pseudo.to(t_emb.dtype)).float()
+            t = torch.where(found.to(t.device)[None, :, None], p[None], t)
+        if self.training:
+            self.ssps.enqueue(t_emb, index, normalize=False)
+        return t
+
     # ---- state updates --------------------------------------------------------------------
     def momentum_at(self, step: int, total_steps: int) -> float:
         """θ_t ← m·θ_t + (1−m)·θ_s with m = teacher_momentum(step, total_steps) (teacher encoder and head)."""
@@ -291,13 +312,18 @@ class DINO(Method):
     def on_schedule(self, planned_epochs: int) -> None:
         """With warmup_teacher_temp_fraction > 0: warm-up epochs = max(1, round(fraction · planned epochs))."""
         # an ended warm-up is kept: a longer re-plan must not lower the teacher temperature again
+        if self.ssps is not None:
+            self.ssps.on_schedule(planned_epochs)
         if self.warmup_teacher_temp_fraction > 0:
             self.warmup_teacher_temp_epochs = replanned_point(self.warmup_teacher_temp_epochs, int(self.epoch),
                                                               self.warmup_teacher_temp_fraction, planned_epochs, 1)
 
     def on_epoch_end(self, context: EpochContext) -> None:
-        """Advance the epoch counter that drives the teacher temperature and the last-layer freeze."""
+        """Advance the epoch counter that drives the teacher temperature and the last-layer freeze (and SSPS's
+        reference clustering, when on)."""
         self.epoch.fill_(context.epoch + 1)
+        if self.ssps is not None:
+            self.ssps.on_epoch_end(context, self.inference_encoder(), seed=context.epoch)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         state_dict.setdefault(prefix + "warmup_epochs", self.warmup_epochs)  # checkpoints from before it was saved

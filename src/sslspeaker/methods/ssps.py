@@ -6,12 +6,15 @@ Standard SSL pairs two crops of one recording: they share its channel, which the
 learn instead of the speaker. SSPS takes an anchor's positive from *another* utterance that is
 close to it in the representation space, assumed to be the same speaker in another recording:
 
+Implemented for SimCLR, the MoCo family and DINO (``ssps: true`` in their options).
+
 1. reference representations: every training utterance embedded without augmentation by the
    method's inference encoder, and clustered by k-means into ``ssps_clusters`` clusters (the
    papers' KMEANS_REPR sampling; sslsv's defaults K = 50,000, 10 k-means iterations);
 2. a memory of positive embeddings Q' (the embeddings the loss compares an anchor with, each
    with its utterance's index): MoCo's own queue of keys, or a queue of ``ssps_queue_size``
-   (50,000 in sslsv) second-view projections for SimCLR;
+   (50,000 in sslsv) second-view projections for SimCLR, or of first-view teacher embeddings for
+   DINO (the teacher's head then gives the pseudo-positive's target distribution);
 3. for anchor i the positive is a queued positive j drawn uniformly among those whose utterance
    is in i's cluster and is not i itself (the papers' intra-cluster sampling over the whole
    cluster, inter-cluster window M = 0); an anchor without such a candidate keeps its own
@@ -133,13 +136,14 @@ class PositiveSampler(nn.Module):
         return queue[choice], found, choice
 
     @torch.no_grad()
-    def enqueue(self, emb: Tensor, index: Tensor) -> None:
-        """Q' ← the global batch's positive embeddings and their indices, over the oldest entries (FIFO)."""
+    def enqueue(self, emb: Tensor, index: Tensor, normalize: bool = True) -> None:
+        """Q' ← the global batch's positive embeddings (unit rows unless ``normalize`` is False) and their
+        indices, over the oldest entries (FIFO)."""
         emb, index = gather_nograd(emb.detach()), gather_nograd(index.long())
         size = self.queue.shape[0]
         emb, index = emb[-size:], index[-size:]
         rows = (self.queue_ptr + torch.arange(emb.shape[0], device=self.queue.device)) % size
-        self.queue[rows] = F.normalize(emb.float(), dim=1).to(self.queue.dtype)
+        self.queue[rows] = (F.normalize(emb.float(), dim=1) if normalize else emb.float()).to(self.queue.dtype)
         self.queue_index[rows] = index.to(self.queue_index.device)
         self.queue_ptr.add_(emb.shape[0]).remainder_(size)
 

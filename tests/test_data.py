@@ -334,3 +334,54 @@ def test_length_batches_group_nearly_equal_lengths():
         assert min(d[i] for i in b) >= 0.95 * max(d[i] for i in b)
     assert [len(b) for b in length_batches([1.0] * 5, batch_size=2)] == [2, 2, 1]
     assert [len(b) for b in length_batches([4.0] * 5, batch_size=8, max_batch_seconds=8.0)] == [2, 2, 1]
+
+
+def test_prepare_cnceleb_layouts_enrolment_and_trials(tmp_path):
+    """CN-Celeb1 (dev speakers, several enrolment utterances per model via enroll.map, .wav names in the lists
+    of a FLAC release) and CN-Celeb2: subsets, the enrolment list and the model-vs-test trials."""
+    from pathlib import Path
+
+    from conftest import write_audio
+    from sslspeaker.data.manifest import read_manifest, read_trials
+    from sslspeaker.data.prepare import prepare
+
+    one, two = tmp_path / "cn" / "CN-Celeb_flac", tmp_path / "cn" / "CN-Celeb2_flac"
+    files = ["data/id00000/speech-01-001", "data/id00000/vlog-02-001", "data/id00800/speech-01-001",
+             "data/id00800/speech-01-002", "data/id00801/drama-01-001", "eval/test/id00800-singing-01-001",
+             "eval/test/id00801-interview-01-001", "eval/enroll/id00800-enroll", "eval/enroll/id00801-enroll"]
+    for i, f in enumerate(files):
+        write_audio(one / f"{f}.flac", seconds=1.2, freq=150 + 30 * i)
+    write_audio(two / "data" / "id10000" / "a-01-001.flac", seconds=1.2)
+    (one / "dev").mkdir()
+    (one / "dev" / "dev.lst").write_text("id00000\n")
+    lists = one / "eval" / "lists"
+    lists.mkdir()
+    (lists / "enroll.map").write_text("id00800-enroll id00800/speech-01-001.wav id00800/speech-01-002.wav\n"
+                                      "id00801-enroll id00801/drama-01-001.wav\n")
+    (lists / "trials.lst").write_text("id00800-enroll test/id00800-singing-01-001.wav 1\n"
+                                      "id00800-enroll test/id00801-interview-01-001.wav 0\n"
+                                      "id00801-enroll test/id00801-interview-01-001.wav 1\n")
+    out = tmp_path / "prepared"
+    summary = prepare("cnceleb", tmp_path / "cn", out, progress=False, workers=1)
+    assert summary["kept"] == 10 and summary["trials"]["enrolment"]["trials_kept"] == 3
+
+    def names(csv):
+        return sorted(Path(e.path).relative_to(tmp_path / "cn").as_posix() for e in read_manifest(out / csv))
+
+    assert names("train.csv") == ["CN-Celeb2_flac/data/id10000/a-01-001.flac",
+                                  "CN-Celeb_flac/data/id00000/speech-01-001.flac",
+                                  "CN-Celeb_flac/data/id00000/vlog-02-001.flac"]
+    assert names("test.csv") == ["CN-Celeb_flac/eval/test/id00800-singing-01-001.flac",
+                                 "CN-Celeb_flac/eval/test/id00801-interview-01-001.flac"]
+    enroll = read_manifest(out / "enroll.csv")
+    assert sorted((e.speaker, Path(e.path).name) for e in enroll) == [
+        ("id00800-enroll", "speech-01-001.flac"), ("id00800-enroll", "speech-01-002.flac"),
+        ("id00801-enroll", "drama-01-001.flac")]
+    trials = read_trials(out / "trials.txt")
+    assert [(t.label, t.a, t.b) for t in trials] == [
+        (1, "id00800-enroll", "eval/test/id00800-singing-01-001.flac"),
+        (0, "id00800-enroll", "eval/test/id00801-interview-01-001.flac"),
+        (1, "id00801-enroll", "eval/test/id00801-interview-01-001.flac")]
+    (lists / "trials.lst").write_text("id00999-enroll test/id00800-singing-01-001.wav 1\n")
+    with pytest.raises(ValueError, match="model 'id00999-enroll' is not in the enrolment lists"):
+        prepare("cnceleb", tmp_path / "cn", tmp_path / "bad", progress=False, workers=1)

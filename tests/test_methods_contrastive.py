@@ -516,3 +516,14 @@ def test_developers_guide_example_method_builds_and_trains():
     from sslspeaker.methods import method_options
 
     assert "align_weight" in [o.name for o in method_options("moco_align")]
+
+
+def test_cnceleb_recipe_loads_and_builds(tmp_path, monkeypatch):
+    from sslspeaker.config import load_config
+    from sslspeaker.training.build import build_model
+
+    monkeypatch.setenv("SSLSPEAKER_DATA", str(tmp_path))
+    cfg = load_config(CONFIGS / "aamsupcon_cnceleb.yaml", ["method.options.n_classes=2793"])
+    assert cfg.data.train[0].manifest == str(tmp_path / "cnceleb" / "train.csv") and cfg.validation.trials is None
+    m = build_model(cfg)
+    assert type(m).__name__ == "AAMSupCon" and m.weight.shape == (2793, 192) and m.options.margin == 0.3

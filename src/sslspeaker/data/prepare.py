@@ -38,6 +38,7 @@ WHERE_TO_GET = {
     "speechocean762": "https://www.openslr.org/101",
     "musan": "https://www.openslr.org/17",
     "rirs": "https://www.openslr.org/28 (RIRS_NOISES)",
+    "cnceleb": "https://www.openslr.org/82 (CN-Celeb1 and CN-Celeb2)",
     "folder": None,
 }
 
@@ -58,6 +59,8 @@ class Listing:
     subsets: dict[str, list[str]] = field(default_factory=dict)  # output name -> absolute paths
     min_duration: float | None = None  # per-kind override (impulse responses are short)
     audio_root: Path | None = None  # what trial-list paths are relative to
+    # outputs made from the kept files (out folder, path -> kept entry) -> their counts for the summary
+    extra: Callable[[Path, dict[str, Entry]], dict] | None = None
 
 
 def _folder(root: Path, options) -> Listing:
@@ -174,6 +177,43 @@ def _rirs(root: Path, options) -> Listing:
     return Listing([Candidate(str(p), None, "rir") for p in files], min_duration=0.0)
 
 
+def _cnceleb(root: Path, options) -> Listing:
+    from . import cnceleb
+
+    one, two = cnceleb.corpus_folders(root)
+    cands = []
+    for folder in (f for f in (one, two) if f is not None):
+        cands += [Candidate(str(p), cnceleb.speaker_of(p, folder / "data")) for p in
+                  scan(folder, skipped=options.get("skipped"))]
+    listing = Listing(cands, audio_root=one)
+    two_paths = [c.path for c in cands if two is not None and Path(c.path).is_relative_to(two)]
+    listing.subsets["cnceleb2.csv"] = two_paths
+    if one is not None:
+        models = cnceleb.enrolment(one)
+        trial_list = cnceleb.trials(one, models)
+        dev = _cnceleb1_dev(one, cands, models, trial_list)
+        listing.subsets["cnceleb1_dev.csv"] = dev
+        listing.subsets["test.csv"] = sorted({t for _, _, t in trial_list})
+        listing.extra = lambda out, kept: cnceleb.write_enrolment(out, models, trial_list, one, kept)
+    listing.subsets["train.csv"] = listing.subsets.get("cnceleb1_dev.csv", []) + two_paths
+    return listing
+
+
+def _cnceleb1_dev(one: Path, cands: list[Candidate], models: dict, trial_list) -> list[str]:
+    """CN-Celeb1's training files: its ``data/`` speakers in ``dev/dev.lst``, else those of no evaluation file."""
+    from .cnceleb import list_words
+
+    data = one / "data"
+    mine = [c for c in cands if Path(c.path).is_relative_to(data)]
+    if (one / "dev" / "dev.lst").is_file():
+        dev = {w[0] for w in list_words(one / "dev" / "dev.lst")}
+    else:
+        evaluated = {c.speaker for c in mine if any(c.path in paths for paths in models.values())}
+        evaluated |= {Path(t).name.split("-")[0] for _, _, t in trial_list}
+        dev = {c.speaker for c in mine} - evaluated
+    return [c.path for c in mine if c.speaker in dev]
+
+
 def _utf8_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -189,6 +229,7 @@ KINDS: dict[str, Callable[[Path, dict], Listing]] = {
     "speechocean762": _speechocean762,
     "musan": _musan,
     "rirs": _rirs,
+    "cnceleb": _cnceleb,
 }
 
 
@@ -292,6 +333,8 @@ def _write_outputs(out: Path, listing: Listing, good: list[Entry], report_rows, 
         kept = _kept_trials(items, audio_root, by_path)
         _write_guarded(out, name, lambda path, kept=kept: write_trials(path, kept))
         counts[name] = {"source": str(src), "trials": len(items), "kept": len(kept)}
+    if listing.extra is not None:
+        counts["enrolment"] = listing.extra(out, by_path)
     return counts
 
 

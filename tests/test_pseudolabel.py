@@ -57,7 +57,7 @@ def test_kmeans_large_k_starts_from_a_subsample(monkeypatch):
     real = cl.kmeans
 
     def spy(x, k, **kw):
-        calls.append((k, kw["init_points_per_centroid"]))
+        calls.append((k, kw["init"]))
         return real(x, k, **kw)
 
     monkeypatch.setattr(cl, "kmeans", spy)
@@ -65,7 +65,22 @@ def test_kmeans_large_k_starts_from_a_subsample(monkeypatch):
     cl.kmeans_labels(x, 4, backend="torch")
     monkeypatch.setattr(cl, "LARGE_K", 3)
     cl.kmeans_labels(x, 4, backend="torch")
-    assert calls == [(4, 8), (4, 1)]  # above LARGE_K the k-means++ pool is max(k, 4096) points, not 8 k
+    assert calls == [(4, "kmeans++"), (4, "random")]  # above LARGE_K: k random points, no O(k²) k-means++
+
+
+def test_random_start_is_k_distinct_training_points_and_converges():
+    from sslspeaker.methods.clustering import _initial_centroids, kmeans
+
+    x = torch.randn(500, 8)
+    start = _initial_centroids(x, 20, torch.Generator().manual_seed(0), "random", 8)
+    rows = {tuple(r.tolist()) for r in x}
+    assert start.shape == (20, 8) and len({tuple(r.tolist()) for r in start}) == 20
+    assert all(tuple(r.tolist()) in rows for r in start)
+    xs, truth, _ = speakers_on_sphere(6, (10, 10), dim=16)
+    _, got = kmeans(torch.from_numpy(xs), 6, init="random", n_iter=50)
+    assert nmi(truth, got.numpy()) > 0.9
+    with pytest.raises(ValueError, match="init must be"):
+        kmeans(x, 3, init="kmeans||")  # not one of auto, kmeans++, random
 
 
 def test_faiss_kmeans_when_installed(forty):

@@ -6,8 +6,8 @@ products, so memory stays bounded (about ``chunk_elements`` floats at a time);
 ``bench/clustering.py`` times it at 1 M × 256 against the epoch it follows. As in PCL (which
 used faiss), the centroids are trained on a random subsample of at most
 ``max_points_per_centroid · k`` points and then every point is assigned. Initialisation is
-k-means++ (D² sampling) on a subsample, empty clusters are re-seeded with the points farthest
-from their centroids. Everything is seeded: the same inputs and seed give the same result.
+k-means++ (D² sampling) on a subsample, or (``init="random"``, for large k) k random training
+points; empty clusters are re-seeded with the points farthest from their centroids. Everything is seeded: the same inputs and seed give the same result.
 ``backend="sklearn"`` uses scikit-learn's ``MiniBatchKMeans`` on the CPU instead.
 """
 
@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["assign", "concentration", "kmeans"]
+__all__ = ["LARGE_K", "assign", "concentration", "kmeans"]
+
+LARGE_K = 1024  # init="auto": k-means++ up to this many clusters, k random training points above
 
 
 def _as_tensor(x: Tensor | np.ndarray) -> Tensor:
@@ -107,11 +109,16 @@ def kmeans(
     init_points_per_centroid: int = 8,
     backend: str = "torch",
     chunk_elements: int = 1 << 25,
+    init: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """k-means of [N, D] embeddings into k clusters → (centroids [k, D] float32, assignments [N] long).
 
     Minimises Σ_i ‖x_i − c_{a_i}‖² (Lloyd). Results are on the embeddings' device (tensors) or
-    the CPU (numpy input). Centroids are the cluster means, not re-normalised.
+    the CPU (numpy input). Centroids are the cluster means, not re-normalised. ``init``:
+    ``kmeans++`` (D² sampling on a pool of ``init_points_per_centroid · k`` points: k sequential
+    steps over the pool, O(pool · k · D) work, quadratic in k) or ``random`` (k distinct training
+    points, faiss's start: O(k · D), for large k where k-means++ would cost more than the Lloyd
+    iterations); ``auto``: k-means++ up to ``LARGE_K`` clusters, random above.
     """
     x = _as_tensor(embeddings)
     n = x.shape[0]
@@ -124,9 +131,7 @@ def kmeans(
     g = torch.Generator().manual_seed(int(seed) & (2**63 - 1))
     n_train = min(n, max(k, max_points_per_centroid * k))
     train = x if n_train == n else x[torch.randperm(n, generator=g)[:n_train].to(x.device)]
-    n_init = min(n_train, max(k, init_points_per_centroid * k, 4096))
-    init_pool = train if n_init == n_train else train[torch.randperm(n_train, generator=g)[:n_init].to(x.device)]
-    centroids = _kmeans_pp(init_pool, k, g)
+    centroids = _initial_centroids(train, k, g, init, init_points_per_centroid)
     labels = None
     for _ in range(n_iter):
         new_labels, d2 = assign(train, centroids, chunk_elements)
@@ -136,6 +141,18 @@ def kmeans(
         centroids = _update(train, labels, d2, centroids)
     final, _ = assign(x, centroids, chunk_elements)
     return centroids, final
+
+
+def _initial_centroids(train: Tensor, k: int, g: torch.Generator, init: str, points_per_centroid: int) -> Tensor:
+    """The k starting centres: k-means++ on a random pool, or k random training points (also what k-means++
+    amounts to on a pool of exactly k points, where it would take every one of them)."""
+    if init not in ("auto", "kmeans++", "random"):
+        raise ValueError(f"kmeans: init must be 'auto', 'kmeans++' or 'random', got {init!r}")
+    init = ("kmeans++" if k <= LARGE_K else "random") if init == "auto" else init
+    n = train.shape[0]
+    n_init = k if init == "random" else min(n, max(k, points_per_centroid * k, 4096))
+    pool = train if n_init == n else train[torch.randperm(n, generator=g)[:n_init].to(train.device)]
+    return pool.clone() if n_init == k else _kmeans_pp(pool, k, g)
 
 
 def _sklearn_kmeans(x: Tensor, k: int, seed: int, n_iter: int, max_points_per_centroid: int) -> tuple[Tensor, Tensor]:

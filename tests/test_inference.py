@@ -209,6 +209,9 @@ def test_files_written_before_the_inference_split_load_the_same(tmp_path):
     for meta in (m_old, m_new):
         for key in ("exported", "sslspeaker", "checkpoint"):
             meta["provenance"].pop(key)
+    # which of the checkpoint's encoders, recorded since: the run's MoCo inference (query) encoder
+    assert (m_new["provenance"].pop("encoder_weights"), m_new["provenance"].pop("inference_encoder")) == \
+        ("encoder", "encoder")
     assert m_new == m_old
 
 

@@ -85,6 +85,8 @@ def test_det_limits_follow_the_curves():
     fa, miss, _ = det_curve(s, labels)
     lo, hi = plots.det_limits([(fa, miss)])
     assert hi == 0.5 and lo <= min(fa[(fa > 0) & (miss < 0.5)].min(), miss[(miss > 0) & (fa < 0.5)].min())
+    tiny = (np.array([1.0, 0.5, 0.0]), np.array([0.0, 0.5, 1.0]))  # 2 + 2 trials: rates 0, 1/2, 1 only
+    assert plots.det_limits([tiny]) == (0.01, 0.8)  # EER 50 %: the axes reach past it
     bad = det_curve(*_scores(2000, shift=0.0))[:2]  # chance-level: the EER region is near 50 %
     assert plots.det_limits([bad])[1] >= 0.7
 

@@ -123,12 +123,12 @@ def det_points(scores, labels, max_points: int = 400) -> dict:
 
 def det_limits(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
     """Axis range (both axes) of DET curves: from the candidate tick below the smallest error rate any
-    curve reaches while the other rate is below 50 % (at least 0.01 %) to 50 %, or further when a curve's
-    EER-like region lies above it (to at most 99.9 %)."""
+    curve reaches while the other rate is below 50 % (between 0.01 % and 1 %) to 50 %, or further when a
+    curve's EER-like region lies above it (to at most 99.9 %)."""
     rates = [np.concatenate((fa[(fa > 0) & (miss < 0.5)], miss[(miss > 0) & (fa < 0.5)])) for fa, miss in curves]
     rates = np.concatenate(rates) if rates else np.array([])
     smallest = float(rates.min()) if rates.size else 0.001
-    lo = max([t for t in _TICKS if t <= smallest] or [_TICKS[0]])
+    lo = min(max([t for t in _TICKS if t <= smallest] or [_TICKS[0]]), 0.01)  # at least 1 % to 50 %
     crossing = max((float(np.max(np.minimum(fa, miss))) for fa, miss in curves), default=0.0)
     hi = min([t for t in _TICKS if t >= max(0.5, 1.6 * crossing)] or [_TICKS[-1]])
     return lo, hi

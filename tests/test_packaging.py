@@ -205,7 +205,9 @@ def test_verbose_and_quiet_are_accepted_before_and_after_the_sub_command():
                                  (["verify", "a", "b", "--quiet"], False, True),
                                  (["--quiet", "verify", "a", "b"], False, True),
                                  (["synth", "out", "--verbose"], True, False), (["synth", "out"], False, False),
-                                 (["evaluate", "--trials", "t", "--audio-root", "r", "--quiet"], False, True)):
+                                 (["evaluate", "--trials", "t", "--audio-root", "r", "--quiet"], False, True),
+                                 (["--quiet", "evaluate", "--trials", "t", "--audio-root", "r"], False, True),
+                                 (["evaluate", "--trials", "t", "--audio-root", "r"], False, False)):
         args = p.parse_args(argv)
         assert (args.verbose, args.quiet) == (verbose, quiet), argv
 

@@ -21,13 +21,16 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(f".commands.{name}", __package__).add_parser(sub)
     for sub_parser in sub.choices.values():
         add_common_options(sub_parser, argparse.SUPPRESS)
+        for action in sub_parser._actions:
+            if action.dest in ("verbose", "quiet"):
+                action.default = argparse.SUPPRESS
     return p
 
 
 def add_common_options(p: argparse.ArgumentParser, default) -> None:
     """``-v/--verbose`` and ``--quiet``, before or after the sub-command (a sub-command's own ``--quiet``,
     which also turns off its progress bars, is kept). After the sub-command they default to
-    ``SUPPRESS``, so they never undo the same option given before it."""
+    ``SUPPRESS`` (a sub-command's own ``--quiet`` too), so they never undo the same option given before it."""
     if "--verbose" not in p._option_string_actions:
         p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
     if "--quiet" not in p._option_string_actions:

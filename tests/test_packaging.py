@@ -223,3 +223,33 @@ def test_commands_with_a_device_default_to_auto():
                 for name, sp in _subparsers().items() if any(a.dest == "device" for a in sp._actions)}
     assert {"embed", "evaluate", "verify", "pseudolabel"} <= set(defaults)
     assert set(defaults.values()) == {"auto"}, defaults
+
+
+def test_a_stored_lda_plda_back_end_scores_without_the_extras(tmp_path):
+    from sslspeaker.backends import BackendChain
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((10, 6))
+    x = np.repeat(centres, 8, axis=0) + 0.3 * rng.standard_normal((80, 6))
+    labels = np.repeat(np.arange(10), 8)
+    chain = BackendChain.build("lda_plda").fit(x, labels)
+    other = np.r_[4:80, 0:4]  # 4 utterances on: half the pairs share a speaker
+    chain.calibrate(x, x[other], (labels == labels[other]).astype(int))
+    assert chain.calibrated
+    config, arrays = chain.to_state()
+    np.savez(tmp_path / "state.npz", **arrays)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    np.save(tmp_path / "x.npy", x)
+    expected = chain.score_pairs(x[:20], x[20:40])
+    code = BLOCK + """
+import json
+import numpy as np
+from sslspeaker.backends import BackendChain
+arrays = dict(np.load("state.npz"))
+chain = BackendChain.from_state(json.load(open("config.json")), arrays)
+x = np.load("x.npy")
+print(json.dumps([float(v) for v in chain.score_pairs(x[:20], x[20:40])]))
+"""
+    r = _run_python(code, tmp_path)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(json.loads(r.stdout.strip().splitlines()[-1]), expected, rtol=1e-9, atol=1e-9)

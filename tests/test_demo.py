@@ -154,6 +154,10 @@ def _check_outputs(out: Path, report: dict) -> None:
             assert key in res and key in report[name]
         for png in res["plots"].values():
             assert Path(png).is_file() and Path(png).stat().st_size > 1000
+    systems = [json.loads(Path(report[n]["results"]).read_text())["system"] for n in ("untrained", "trained")]
+    enc, method = report["config"]["model"]["encoder"], report["config"]["method"]["name"]
+    assert systems == [f"untrained {enc}", f"{method}-trained {enc}"]  # the two figures' titles differ
+    assert Path(report["det_overlay"]).is_file() and Path(report["det_overlay"]).stat().st_size > 1000
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["trained"]["eer"] == report["trained"]["eer"]
     model = SpeakerEncoder.load(out / "model.safetensors")

@@ -310,3 +310,21 @@ def test_weight_decay_spares_biases_norms_scalars_and_what_the_method_names(corp
     last = {id(p) for p in dino.head.last_layer.parameters() if p.requires_grad}
     assert last and last <= {id(p) for p in opt.param_groups[1]["params"]}  # DINO's prototypes: no decay
     assert len(build_optimizer(make_cfg(corpus, "optim.decay_all=true"), dino).param_groups) == 1
+
+
+def test_log_records_carry_wall_clock_seconds(corpus, tmp_path, monkeypatch):
+    import types
+
+    import sslspeaker.training.trainer as trainer_mod
+
+    now = [100.0]  # a fake clock: the run is set up at 100 s and every training step costs 10 s
+    monkeypatch.setattr(trainer_mod, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    t = Trainer(make_cfg(corpus, "train.epochs=1", "augment.mode=none"), tmp_path / "run")
+    step = t.method.after_step
+    monkeypatch.setattr(t.method, "after_step", lambda s, total: (now.__setitem__(0, now[0] + 10), step(s, total)))
+    t.train()
+    logs = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    steps = [r for r in logs if "loss" in r]
+    assert len(steps) == t.step and t.step >= 2
+    assert [r["wall_s"] for r in steps] == [10.0 * r["step"] for r in steps]  # seconds since the set-up
+    assert all(isinstance(r["time"], str) and r["time"].endswith("Z") for r in logs)

@@ -15,26 +15,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="sslspeaker", description="Self-supervised speaker embeddings and verification.")
     p.add_argument("--version", action="version", version=f"sslspeaker {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_common_options(p, False)
     sub = p.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f".commands.{name}", __package__).add_parser(sub)
+    for sub_parser in sub.choices.values():
+        add_common_options(sub_parser, argparse.SUPPRESS)
+        for action in sub_parser._actions:
+            if action.dest in ("verbose", "quiet"):
+                action.default = argparse.SUPPRESS
     return p
+
+
+def add_common_options(p: argparse.ArgumentParser, default) -> None:
+    """``-v/--verbose`` and ``--quiet``, before or after the sub-command (a sub-command's own ``--quiet``,
+    which also turns off its progress bars, is kept). After the sub-command they default to
+    ``SUPPRESS`` (a sub-command's own ``--quiet`` too), so they never undo the same option given before it."""
+    if "--verbose" not in p._option_string_actions:
+        p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+    if "--quiet" not in p._option_string_actions:
+        p.add_argument("--quiet", action="store_true", default=default, help="warnings and errors only")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     return run_command(args)
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the sub-command; a user's error becomes one line on stderr and exit code 2 (see ``errors``)."""
     from .data.audio import AudioError
-    from .errors import MissingExtraError, Stopped
+    from .errors import MissingExtraError, Stopped, missing_extra
 
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except ImportError as exc:  # a module of an optional extra: one line naming the extra
+            extra = missing_extra(exc) if not isinstance(exc, MissingExtraError) else None
+            if extra is None:
+                raise
+            raise extra from exc
     except Stopped as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         return 3

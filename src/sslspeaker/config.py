@@ -369,6 +369,25 @@ def _replaces(base: Any, extra: Any) -> bool:
     return isinstance(base, dict) and isinstance(extra, dict) and "name" in extra and extra["name"] != base.get("name")
 
 
+def recipe_folder() -> Path:
+    """The recipes installed with the package (``sslspeaker/configs/``; the repository's ``configs`` links to it)."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """Name (file name without ``.yaml``) -> path of every packaged recipe, sorted by name."""
+    return {p.stem: p for p in sorted(recipe_folder().glob("*.yaml"))}
+
+
+def find_recipe(name_or_path: str | os.PathLike) -> Path:
+    """A recipe file: ``name_or_path`` itself when it exists or names a folder, else the packaged recipe of
+    that name (``moco_speechocean762`` or ``moco_speechocean762.yaml``); a missing one stays as given."""
+    path = Path(name_or_path)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    return packaged_recipes().get(path.name[:-5] if path.suffix == ".yaml" else path.name, path)
+
+
 def read_recipe(path: str | os.PathLike, _seen: tuple = ()) -> dict:
     """A recipe's tree, with its ``base:`` recipe (a path relative to it) merged underneath."""
     path = Path(path)
@@ -377,7 +396,8 @@ def read_recipe(path: str | os.PathLike, _seen: tuple = ()) -> dict:
     try:
         tree = load_yaml(path.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such recipe") from None
+        hint = "" if _seen else " (not a file, nor a packaged recipe: sslspeaker train --list names them)"
+        raise ConfigError(f"{path}: no such recipe{hint}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(tree, dict):
@@ -394,8 +414,8 @@ def read_recipe(path: str | os.PathLike, _seen: tuple = ()) -> dict:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Recipe (or defaults) + overrides -> a checked ``Config``."""
-    tree = read_recipe(path) if path is not None else {}
+    """Recipe (a file, or a packaged recipe's name; or defaults) + overrides -> a checked ``Config``."""
+    tree = read_recipe(find_recipe(path)) if path is not None else {}
     tree = merge_trees(tree, parse_overrides(overrides or []))
     try:
         return build_dataclass(Config, tree, "")

@@ -349,10 +349,23 @@ def _timed(timings: dict, key: str) -> Iterator[None]:
     timings[key] = round(time.perf_counter() - t0, 1)
 
 
-def _evaluate(model, trials: TrialList, corpus: Corpus, results: Path, progress: bool) -> dict:
+def _evaluate(model, trials: TrialList, corpus: Corpus, results: Path, progress: bool, system: str) -> dict:
     from .evaluation.evaluate import evaluate
 
-    return evaluate(model, trials.path, corpus.audio_root, out=results, cache=False, progress=progress)
+    return evaluate(model, trials.path, corpus.audio_root, out=results, cache=False, progress=progress, system=system)
+
+
+def _det_overlay(out: Path, r0: dict, r1: dict) -> str | None:
+    """``det_untrained_vs_trained.png``: both DET curves on one pair of axes (None without matplotlib)."""
+    from .errors import MissingExtraError
+    from .evaluation.plots import plot_det_overlay
+
+    systems = [{"name": r["system"], "eer": r["eer"] / 100.0, **r["det"]} for r in (r0, r1)]
+    try:
+        return str(plot_det_overlay(systems, out / "det_untrained_vs_trained.png",
+                                    title=f"DET: {Path(r0['trials']['path']).name} · {r0['protocol']['name']}"))
+    except MissingExtraError:
+        return None
 
 
 def _train(trainer, plan: Plan, corpus: Corpus, s: DemoSettings, timings: dict, say: Callable[[str], None]) -> dict:
@@ -399,12 +412,15 @@ def run_demo(out: str | os.PathLike = "sslspeaker-demo", data: str | os.PathLike
     trainer, untrained_model = _fresh_trainer(plan.cfg, out)
     say(f"[3/5] evaluating the untrained encoder ({plan.cfg.model.encoder}, random init, seed {seed})")
     with _timed(timings, "eval_untrained_s"):
-        r0 = _evaluate(untrained_model, trials, corpus, out / "results_untrained.json", progress)
+        r0 = _evaluate(untrained_model, trials, corpus, out / "results_untrained.json", progress,
+                       f"untrained {plan.cfg.model.encoder}")
     say(f"  EER {r0['eer']:.2f} %, minDCF(0.01) {r0['min_dcf_0.01']:.3f}")
     result = _train(trainer, plan, corpus, settings, timings, say)
     say("[5/5] evaluating the trained encoder on the same trials (speakers never seen in training)")
     with _timed(timings, "eval_trained_s"):
-        r1 = _evaluate(out / RUN / CHECKPOINT, trials, corpus, out / "results_trained.json", progress)
+        r1 = _evaluate(out / RUN / CHECKPOINT, trials, corpus, out / "results_trained.json", progress,
+                       f"{plan.cfg.method.name}-trained {plan.cfg.model.encoder}")
+        r1["det_overlay"] = _det_overlay(out, r0, r1)
     model_path, threshold_source = _export(out / RUN, out, r1, trials, corpus)
     timings["total_s"] = round(time.perf_counter() - t_start, 1)
     report = {
@@ -431,7 +447,8 @@ def _scores(out: Path, r0: dict, r1: dict, untrained_model: Path, model_path: Pa
                 "plots": r["plots"], "model": str(Path(model).resolve())}
 
     return {"untrained": entry(r0, "untrained", untrained_model), "trained": entry(r1, "trained", model_path),
-            "eer_reduction": round(1.0 - r1["eer"] / r0["eer"], 4) if r0["eer"] > 0 else None}
+            "eer_reduction": round(1.0 - r1["eer"] / r0["eer"], 4) if r0["eer"] > 0 else None,
+            "det_overlay": r1.get("det_overlay")}
 
 
 def _model_record(model_path: Path, r1: dict, threshold_source: str, trials: TrialList, corpus: Corpus) -> dict:
@@ -488,7 +505,8 @@ def _tell(out: Path, model_path: Path, report: dict, outcome: tuple[dict, dict, 
     say(f"report:  {_rel(out / 'report.json')}  (full results: {_rel(out / 'results_untrained.json')}, "
         f"{_rel(out / 'results_trained.json')})")
     say(f"plots:   score distributions {_rel(r0['plots']['scores'])}, {_rel(r1['plots']['scores'])}")
-    say(f"         DET curves          {_rel(r0['plots']['det'])}, {_rel(r1['plots']['det'])}")
+    say(f"         DET curves          {_rel(r0['plots']['det'])}, {_rel(r1['plots']['det'])}"
+        + (f", both: {_rel(report['det_overlay'])}" if report.get("det_overlay") else ""))
     say(f"model:   {_rel(model_path)}  (threshold {report['model']['threshold']:.4f}: the EER "
         "threshold of these test trials, so optimistic on them)")
     say(f"try:     {report['model']['verify_example']}")
@@ -510,8 +528,10 @@ def _pick_example(trials, audio_root: Path) -> tuple[str, str]:
     return resolve(t.a, str(audio_root)), resolve(t.b, str(audio_root))
 
 
-def _rel(p: str | os.PathLike) -> str:
-    """A path as the user can type it from the current folder."""
+def _rel(p: str | os.PathLike | None) -> str:
+    """A path as the user can type it from the current folder (None: a figure not drawn without matplotlib)."""
+    if p is None:
+        return "(not drawn: pip install 'sslspeaker[plots]')"
     try:
         r = os.path.relpath(p)
     except ValueError:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.optimize import minimize
+
+from ..errors import require_extra
 
 from .base import BackendStateError
 
@@ -71,6 +72,7 @@ class LogisticCalibration:
         self.prior = check_prior(prior)
         both = np.concatenate([target, nontarget])
         centre, scale = float(both.mean()), float(both.std()) or 1.0
+        minimize = require_extra("scipy.optimize", "fitting a calibration").minimize
         result = minimize(weighted_cross_entropy, np.array([1.0, logit(self.prior)]), jac=True, method="BFGS",
                           args=((target - centre) / scale, (nontarget - centre) / scale, self.prior))
         a, c = result.x

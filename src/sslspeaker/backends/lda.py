@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
+from ..errors import require_extra
 from .base import Backend, BackendStateError, take_array
 from .preprocess import center, length_normalise
 from .registry import register_backend
@@ -23,7 +23,8 @@ def lda_dim(requested: int | None, dim: int, n_speakers: int) -> int:
 
 def lda_projection(x: np.ndarray, index: np.ndarray, dim: int, solver: str) -> np.ndarray:
     """P (d x k): the first k discriminant directions of scikit-learn's LDA fitted on (x, speaker index)."""
-    lda = LinearDiscriminantAnalysis(n_components=dim, solver=solver)
+    lda = require_extra("sklearn.discriminant_analysis", "the lda back-end").LinearDiscriminantAnalysis(
+        n_components=dim, solver=solver)
     lda.fit(x.astype(np.float64, copy=False), index)
     return lda.scalings_[:, :dim]
 

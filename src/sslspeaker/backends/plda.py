@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import scipy.linalg
 
 from .base import Backend, BackendStateError, take_array
 from .registry import register_backend
@@ -48,9 +47,16 @@ class Posterior(NamedTuple):
 
 
 def diagonalise(between_cov: np.ndarray, within_cov: np.ndarray) -> Basis:
-    """Σ_b v = ψ Σ_w v with vᵀ Σ_w v = 1: T = Vᵀ gives T Σ_w Tᵀ = I, T Σ_b Tᵀ = diag(ψ)."""
+    """Σ_b v = ψ Σ_w v with vᵀ Σ_w v = 1: T = Vᵀ gives T Σ_w Tᵀ = I, T Σ_b Tᵀ = diag(ψ).
+
+    Solved as the generalised symmetric eigenproblem is (LAPACK sygv): Σ_w = L Lᵀ, the ordinary
+    eigenproblem of L⁻¹ Σ_b L⁻ᵀ = U diag(ψ) Uᵀ, and V = L⁻ᵀ U.
+    """
     try:
-        psi, vectors = scipy.linalg.eigh(_sym(between_cov), _sym(within_cov))
+        lower = np.linalg.cholesky(_sym(within_cov))
+        lower_inv = np.linalg.solve(lower, np.eye(len(lower)))
+        psi, u = np.linalg.eigh(_sym(lower_inv @ _sym(between_cov) @ lower_inv.T))
+        vectors = lower_inv.T @ u
     except np.linalg.LinAlgError as e:
         raise ValueError(f"plda: the within-speaker covariance is not positive definite ({e})") from None
     return Basis(vectors.T, _sym(within_cov) @ vectors, np.maximum(psi, 0.0))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import sparse
+
+from ..errors import require_extra
 
 CHUNK_ROWS = 65536
 
@@ -25,6 +26,7 @@ def mean_covariance(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def speaker_sums(x: np.ndarray, index: np.ndarray, n_speakers: int) -> tuple[np.ndarray, np.ndarray]:
     """(n_s, f_s): each speaker's utterance count and f_s = sum_{i in s} x_i (float64)."""
+    sparse = require_extra("scipy.sparse", "fitting a back-end")
     members = sparse.csc_matrix((np.ones(len(x)), (index, np.arange(len(x)))), shape=(n_speakers, len(x)))
     sums = np.zeros((n_speakers, x.shape[1]))
     for start in range(0, len(x), CHUNK_ROWS):

@@ -20,7 +20,8 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("pipeline", help="unlabelled speech -> self-supervised model -> pseudo-label rounds -> "
                                         "back-end -> calibrated verifier, as a recipe's stages")
-    p.add_argument("recipe", help="a pipeline recipe (e.g. configs/pipeline_speechocean762.yaml)")
+    p.add_argument("recipe", help="a pipeline recipe file, or a packaged recipe's name (e.g. pipeline_speechocean762; "
+                                  "train --list names them)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the recipe's top-level keys "
                                                 "(e.g. budget_minutes=60 device=cpu)")
     p.add_argument("--out", required=True, help="output folder: one sub-folder per stage, report.json, "

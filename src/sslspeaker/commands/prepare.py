@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     kinds = ("folder", "voxceleb1", "voxceleb2", "librispeech", "speechocean762", "musan", "rirs")
     p = sub.add_parser("prepare", help="build a manifest (and trial lists) from a corpus folder")
-    p.add_argument("kind", choices=kinds)
+    p.add_argument("kind", choices=kinds, help="corpus layout: folder (speaker = sub-folder) or a named corpus "
+                                               "(musan, rirs: noise and impulse-response sets)")
     p.add_argument("root", help="the corpus folder")
     p.add_argument("--out", required=True, help="output folder for manifest.csv, report.csv, trial lists")
     p.add_argument("--trials", nargs="*", help="trial list files (VoxCeleb1 O/E/H)")

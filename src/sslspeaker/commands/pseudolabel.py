@@ -57,7 +57,7 @@ def add_parser(sub) -> None:
     p.add_argument("--kmeans-backend", default="auto", choices=["auto", "torch", "faiss"],
                    help="k-means library: auto = faiss when installed, else torch (default auto)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="k-means initialisation and subsample seed (default 0)")
     p.add_argument("--min-cluster-size", type=int, default=2,
                    help="drop clusters with fewer members left than this (default 2)")
     p.add_argument("--drop-mads", type=float, default=3.0,

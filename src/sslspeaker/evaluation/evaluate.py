@@ -20,11 +20,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -48,7 +49,9 @@ class EvalOptions:
     ``norm_data``: None or "trials" (the trial list's own utterances, unlabelled) or a manifest.
     ``backend`` scores the trials: None or "model" (the model file's back-end, else cosine),
     "cosine", a ``BackendChain`` preset name (fitted on ``backend_data``, a manifest whose
-    speaker column labels every file) or an object with ``score_pairs`` and ``name``.
+    speaker column labels every file) or an object with ``score_pairs`` and ``name``. ``system`` names
+    the system in the results and the plots' titles and legends (default: from the model's file or
+    run folder); ``plot_formats`` are the figures' formats (png, pdf, svg).
     """
 
     protocol: str | Protocol = "full"
@@ -60,6 +63,8 @@ class EvalOptions:
     norm_data: str | os.PathLike | None = None
     backend: Backend | str | None = None
     backend_data: str | os.PathLike | None = None
+    system: str | None = None
+    plot_formats: tuple[str, ...] = ("png",)
 
     def checked(self) -> "EvalOptions":
         """The same options with "none" read as None, the protocol looked up and the back-end name checked."""
@@ -74,6 +79,9 @@ class EvalOptions:
         backend = _backend_spec(self.backend, self.backend_data)
         if score_norm and backend != "model":
             _check_asnorm(backend)
+        for fmt in self.plot_formats:
+            if fmt not in ("png", "pdf", "svg"):
+                raise ValueError(f"plot format {fmt!r}: expected png, pdf or svg")
         return dataclasses.replace(self, protocol=get_protocol(self.protocol), score_norm=score_norm,
                                    embedding_norm=embedding_norm, backend=backend)
 
@@ -324,6 +332,19 @@ def _model_record(model) -> dict:
             "fingerprint": model.fingerprint, "metadata": model.metadata}
 
 
+def system_name(model, given: str | None = None) -> str:
+    """``given``, else the model's name: its run folder for a checkpoint in ``RUN/checkpoints/``, else the
+    file's stem (``moco.safetensors`` -> ``moco``) or the folder's name."""
+    if given:
+        return given
+    if not model.source:
+        return "model"
+    source = Path(model.source)
+    if source.suffix == ".pt" and source.parent.name == "checkpoints":
+        return source.parent.parent.name or source.stem
+    return source.stem if source.suffix else source.name
+
+
 def _score_summary(scores: np.ndarray, labels: np.ndarray) -> dict:
     return {"target_mean": float(scores[labels == 1].mean()), "target_std": float(scores[labels == 1].std()),
             "nontarget_mean": float(scores[labels == 0].mean()), "nontarget_std": float(scores[labels == 0].std())}
@@ -346,8 +367,11 @@ def results_record(model, opts: EvalOptions, trial_set: TrialSet, scores: np.nda
     from .. import __version__
 
     calibrated = norms["backend"]["calibrated"] and norms["score_norm"] is None
+    from .plots import det_points
+
     metrics = {**metrics_from_scores(scores, trial_set.labels), **llr_figures(scores, trial_set.labels, calibrated)}
     return {**{k: _json_float(v) for k, v in metrics.items()}, "n_trials": len(trial_set.trials),
+            "system": system_name(model, opts.system), "det": det_points(scores, trial_set.labels),
             "protocol": opts.protocol.to_dict(), "score_norm": norms["score_norm"],
             "embedding_norm": norms["embedding_norm"], "backend": norms["backend"]["name"],
             "backend_info": norms["backend"],
@@ -382,7 +406,7 @@ def evaluate(model, trials_path: str | os.PathLike, audio_root: str | os.PathLik
     norms = {"score_norm": score_norm, "embedding_norm": emb_norm, "backend": backend_record}
     results = results_record(model, opts, trial_set, scores, norms, embedding)
     if out is not None:
-        write_plots(results, out, scores, trial_set.labels)
+        write_plots(results, out, scores, trial_set.labels, opts.plot_formats)
     results["seconds"] = round(time.perf_counter() - t_start, 2)
     if out is not None:
         write_json(results, out)
@@ -403,27 +427,49 @@ def check_out_path(out: str | os.PathLike | None) -> None:
         raise ValueError(f"--out {out}: cannot write there ({parent} is not a writable folder)")
 
 
-def plot_paths(out: str | os.PathLike) -> tuple[Path, Path]:
-    """``results.json`` -> (``results_scores.png``, ``results_det.png``)."""
+def plot_paths(out: str | os.PathLike, fmt: str = "png") -> tuple[Path, Path]:
+    """``results.json`` -> (``results_scores.png``, ``results_det.png``) (or another format's suffix)."""
     out = Path(out)
-    return out.with_name(out.stem + "_scores.png"), out.with_name(out.stem + "_det.png")
+    return out.with_name(f"{out.stem}_scores.{fmt}"), out.with_name(f"{out.stem}_det.{fmt}")
 
 
-def write_plots(results: dict, out: str | os.PathLike, scores, labels) -> dict:
-    """The score-distribution and DET plots next to ``out``, recorded in ``results['plots']``."""
-    from .plots import plot_det, plot_score_distributions
-
-    scores_png, det_png = plot_paths(out)
+def plot_title(results: dict) -> str:
+    """``SYSTEM · TRIALS · PROTOCOL[ + normalisation]``: what a figure of ``results`` shows."""
     proto = results.get("protocol", {}).get("name", "")
     en = results.get("embedding_norm")
     norm = (f" + {en['name']} over {en['data']}" if en else "") + (" + AS-norm" if results.get("score_norm") else "")
-    title = f"{Path(results.get('trials', {}).get('path', '')).name} · {proto}{norm}"
-    eer_thr = results.get("eer_threshold")
-    plot_score_distributions(scores, labels, eer_thr if isinstance(eer_thr, float) else None, scores_png,
-                             title=f"Scores: {title}")
+    system = f"{results['system']} · " if results.get("system") else ""
+    return f"{system}{Path(results.get('trials', {}).get('path', '')).name} · {proto}{norm}"
+
+
+def write_plots(results: dict, out: str | os.PathLike, scores, labels, formats: Sequence[str] = ("png",)) -> dict:
+    """The score-distribution and DET plots next to ``out`` in each of ``formats``, recorded in
+    ``results['plots']`` (the first format's two files) and ``results['plot_files']`` (all). Without
+    matplotlib (the ``plots`` extra) no figure is drawn: a warning says so, the paths are None and
+    ``results['plots_missing']`` names the extra."""
+    from ..errors import MissingExtraError
+    from .plots import plot_det, plot_score_distributions
+
+    title, eer_thr = plot_title(results), results.get("eer_threshold")
+    calibrated = results.get("backend_info", {}).get("calibrated") and not results.get("score_norm")
+    cosine = results.get("backend", "cosine") == "cosine" and not results.get("score_norm")
     points = [(p, results[f"min_dcf_{p:g}"], float(results[f"min_dcf_{p:g}_threshold"])) for p in P_TARGETS]
-    plot_det(scores, labels, det_png, eer=results["eer"] / 100.0, dcf_points=points, title=f"DET: {title}")
-    results["plots"] = {"scores": str(scores_png), "det": str(det_png)}
+    files = []
+    try:
+        for fmt in formats:
+            scores_path, det_path = plot_paths(out, fmt)
+            plot_score_distributions(scores, labels, eer_thr if isinstance(eer_thr, float) else None, scores_path,
+                                     title=f"Scores: {title}", score_range=(-1.0, 1.0) if cosine else None,
+                                     xlabel="score (cosine similarity)" if cosine else
+                                     "log-likelihood ratio" if calibrated else f"score ({results.get('backend')})")
+            plot_det(scores, labels, det_path, eer=results["eer"] / 100.0, dcf_points=points, title=f"DET: {title}",
+                     system=results.get("system") or "DET")
+            files += [str(scores_path), str(det_path)]
+    except MissingExtraError as exc:
+        logging.getLogger(__name__).warning("no plots: %s", exc)
+        results.update(plots={"scores": None, "det": None}, plot_files=[], plots_missing=str(exc))
+        return results
+    results.update(plots={"scores": files[0], "det": files[1]}, plot_files=files)
     return results
 
 
@@ -432,9 +478,9 @@ def write_json(results: dict, out: str | os.PathLike) -> Path:
     return atomic_write_text(out, json.dumps(results, indent=2, sort_keys=False) + "\n")
 
 
-def write_results(results: dict, out: str | os.PathLike, scores, labels) -> dict:
+def write_results(results: dict, out: str | os.PathLike, scores, labels, formats: Sequence[str] = ("png",)) -> dict:
     """Plots next to ``out`` (recorded in ``results['plots']``), then the JSON itself."""
-    write_plots(results, out, scores, labels)
+    write_plots(results, out, scores, labels, formats)
     write_json(results, out)
     return results
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.isotonic import IsotonicRegression
 
 from sslspeaker.evaluation.metrics import _validate, detection_cost
 
@@ -24,10 +23,27 @@ def _cllr(llr: np.ndarray, target: np.ndarray) -> float:
     return float((cost_t + cost_n) / (2.0 * math.log(2.0)))
 
 
+def pav(scores: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Pool adjacent violators: the non-decreasing least-squares fit of ``target`` on ``scores``, equal scores pooled."""
+    order = np.argsort(scores, kind="stable")
+    s = scores[order]
+    starts = np.concatenate(([0], np.flatnonzero(s[1:] != s[:-1]) + 1))
+    sizes = np.diff(np.append(starts, s.size))
+    sums, counts, groups = [], [], []  # the pooled blocks: sum of targets, trials, tie groups
+    for y, n in zip(np.add.reduceat(target[order].astype(np.float64), starts), sizes.astype(np.float64)):
+        k = 1
+        while sums and sums[-1] * n >= y * counts[-1]:  # the previous block's mean >= this one's: pool them
+            y, n, k = y + sums.pop(), n + counts.pop(), k + groups.pop()
+        sums.append(y), counts.append(n), groups.append(k)
+    fitted = np.empty(scores.size, dtype=np.float64)
+    fitted[order] = np.repeat(np.repeat(np.divide(sums, counts), groups), sizes)
+    return fitted
+
+
 def pav_llr(scores, labels) -> np.ndarray:
     """The optimal monotone map of scores to LLRs: PAV posteriors p (ties pooled), llr = logit(p) - log(N_t / N_n)."""
     scores, target = _validate(scores, labels)
-    posterior = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True).fit_transform(scores, target.astype(float))
+    posterior = pav(scores, target)
     with np.errstate(divide="ignore"):
         log_odds = np.log(posterior) - np.log1p(-posterior)
     return log_odds - math.log(target.sum() / (~target).sum())

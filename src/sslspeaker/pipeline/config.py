@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, ManifestRef, build_dataclass, merge_trees, parse_overrides, read_recipe
+from ..config import (ConfigError, ManifestRef, build_dataclass, find_recipe, merge_trees, parse_overrides,
+                      read_recipe)
 
 KINDS = ("train", "pseudolabel", "backend", "calibrate")
 
@@ -61,7 +62,8 @@ class PipelineConfig:
 
 
 def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
-    """A checked pipeline recipe (+ ``key=value`` overrides of its top-level keys)."""
+    """A checked pipeline recipe (a file or a packaged recipe's name; + ``key=value`` overrides of its top-level keys)."""
+    path = find_recipe(path)
     tree = merge_trees(read_recipe(path), parse_overrides(list(overrides or [])))
     try:
         cfg = build_dataclass(PipelineConfig, tree, "")

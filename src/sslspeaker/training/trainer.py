@@ -133,6 +133,7 @@ class Trainer:
     def __init__(self, cfg: Config, out_dir: str | os.PathLike, resume: bool = False,
                  overrides: list[str] | None = None):
         """A resumed run keeps the checkpoint's config (not ``cfg``) with the resumable ``overrides`` applied."""
+        self.t_created = time.perf_counter()  # log.jsonl's wall_s counts from here
         self.out = Path(out_dir)
         ckpt = self._checkpoint_to_resume() if resume else None
         self.cfg, self.resume_changes = resumed_config(ckpt["config"], overrides) if ckpt is not None else (cfg, {})
@@ -349,7 +350,8 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if not self.is_main:
             return
-        record = {**record, "time": utc_now()}
+        # wall-clock: the UTC stamp and the seconds since this process set the run up (wall_s)
+        record = {**record, "time": utc_now(), "wall_s": round(time.perf_counter() - self.t_created, 3)}
         self.history.append(record) if "eer" in record else None
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")

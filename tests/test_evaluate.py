@@ -318,7 +318,9 @@ def test_evaluate_with_asnorm(model, corpus, tmp_path, monkeypatch):
     cohort = np.stack([model.embed(p) for p in cohort_files])
     e = {p: model.embed(p).astype(np.float64) for p in {p for pair in pairs(root) for p in pair}}
     want = [direct_asnorm(float(e[a] @ e[b]), e[a], e[b], cohort, 3) for a, b in pairs(root)]
-    np.testing.assert_allclose(captured["s"], want, rtol=1e-6)
+    # evaluate embeds in padded batches, model.embed one at a time: embeddings agree to ~5e-8 (float32
+    # rounding), but these tones' cohort scores spread by only ~1e-5 (sd), which scales that by ~1e4
+    np.testing.assert_allclose(captured["s"], want, rtol=1e-6, atol=1e-2)
     with pytest.raises(ValueError, match="cohort"):
         ev.evaluate(model, trials, root, score_norm="asnorm", cache=False, progress=False)
 
@@ -341,7 +343,8 @@ def test_embedding_norm_over_the_trials_equals_the_formula(model, corpus, tmp_pa
     res, got = run_eval(model, corpus, embedding_norm=kind, out=tmp_path / "r.json")
     e = {p: model.embed(p).astype(np.float64) for p in {p for pair in pairs(root) for p in pair}}
     want = [direct_adapted_cosine(e[a], e[b], list(e.values()), kind == "zscore") for a, b in pairs(root)]
-    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # padded batches vs one at a time: ~5e-8 apart, magnified by centring three nearly equal embeddings
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
     raw, _ = run_eval(model, corpus)
     assert not np.allclose(got, [float(e[a] @ e[b]) for a, b in pairs(root)], atol=1e-3)  # it did change them
     en = json.loads((tmp_path / "r.json").read_text())["embedding_norm"]

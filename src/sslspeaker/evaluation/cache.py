@@ -150,7 +150,7 @@ def _loader(model, protocol: Protocol):
 def _embed_group(model, group: list, out: dict, cache: EmbeddingCache | None) -> None:
     """Embed the loaded segments of ``group`` = [((path, seed key, cache key), segments)] in one call."""
     waves = [w for _, segs in group for w in segs]
-    emb = model.embed_waves(waves if len({len(w) for w in waves}) > 1 else np.stack(waves))
+    emb = model.embed_waves(waves)  # a list: padded batches by length, as ``embed_batch`` of the same files
     at = 0
     for (path, _, key), segs in group:
         e, at = np.asarray(emb[at:at + len(segs)], dtype=np.float32), at + len(segs)

@@ -81,11 +81,11 @@ def test_logmel_chunked_equals_forward_for_every_norm():
     (x,) = waves(16000 * 3 + 77)
     for norm in ("none", "mean", "instance", "global"):
         feats = LogMel(n_mels=24, norm=norm)
-        np.testing.assert_allclose(feats.chunked(x[None], 37).numpy(), feats(x[None]).numpy(), atol=1e-5)
+        np.testing.assert_allclose(feats.chunked(x[None], 37).numpy(), feats(x[None]).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_length_batches_sort_longest_first_and_respect_the_frame_budget():
-    assert length_batches([5, 9, 2, 9, 4], 18) == [[1, 3], [0, 4], [2]]
+    assert length_batches([5, 9, 2, 9, 4], 18) == [[1, 3], [0, 4, 2]]
     assert length_batches([5, 9], 1) == [[1], [0]]  # a row longer than the budget is a batch alone
 
 

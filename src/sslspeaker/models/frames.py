@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from contextvars import ContextVar
 from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
-_ACTIVE: ContextVar["FrameContext | None"] = ContextVar("sslspeaker_frames", default=None)
+# The context of the forward in progress: a module global (not a ContextVar), so that a compiled
+# training forward reads it as a guarded constant (None) without a graph break. One masked or
+# chunked forward at a time per process (``frame_ranges`` refuses to nest).
+_ACTIVE: "FrameContext | None" = None
 
 
 class StopPass(Exception):
@@ -103,7 +105,7 @@ class FrameContext:
 
 def active() -> FrameContext | None:
     """The frame context of the forward in progress, or None (plain full-length inputs)."""
-    return _ACTIVE.get()
+    return _ACTIVE
 
 
 def _time_geometry(conv: nn.Module) -> tuple[int, int, int, int]:
@@ -116,7 +118,7 @@ def _time_geometry(conv: nn.Module) -> tuple[int, int, int, int]:
 
 
 def _pre_hook(conv: nn.Module, args: tuple):
-    ctx = _ACTIVE.get()
+    ctx = _ACTIVE
     if ctx is None or not ctx.zero_padding:
         return None
     x = args[0]
@@ -128,7 +130,7 @@ def _pre_hook(conv: nn.Module, args: tuple):
 
 
 def _post_hook(conv: nn.Module, args: tuple, out: Tensor) -> None:
-    ctx = _ACTIVE.get()
+    ctx = _ACTIVE
     if ctx is None or out.shape[-1] in ctx.ranges:
         return
     r = ctx.range_for(args[0].shape[-1])
@@ -144,18 +146,21 @@ def _post_hook(conv: nn.Module, args: tuple, out: Tensor) -> None:
 def frame_ranges(module: nn.Module, lo: Tensor, hi: Tensor, size: int, zero_padding: bool = True,
                  stream: StreamStats | None = None) -> Iterator[FrameContext]:
     """Run ``module`` (an encoder) on [B, ..., size] inputs whose row b counts frames [lo[b], hi[b])."""
+    global _ACTIVE
+    if _ACTIVE is not None:
+        raise RuntimeError("frame_ranges does not nest (one padded or chunked forward at a time)")
     ctx = FrameContext(lo.long(), hi.long(), size, zero_padding, stream)
     hooks = []
     for m in module.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             hooks += [m.register_forward_pre_hook(_pre_hook), m.register_forward_hook(_post_hook)]
-    token = _ACTIVE.set(ctx)
+    _ACTIVE = ctx
     try:
         if stream is not None:
             stream.calls = 0
         yield ctx
     finally:
-        _ACTIVE.reset(token)
+        _ACTIVE = None
         for h in hooks:
             h.remove()
 
@@ -166,7 +171,7 @@ def time_average(x: Tensor, logits: Tensor | None = None, dims: tuple[int, ...] 
 
     Call only under an active context (``active()``); the layers keep their plain code otherwise.
     """
-    ctx = _ACTIVE.get()
+    ctx = _ACTIVE
     ctx.averages += 1
     size = x.shape[-1]
     r = ctx.range_for(size)

@@ -37,14 +37,15 @@ def _output_folder(out: str) -> Path:
     return folder
 
 
-def _embed_all(model, files: list[str]) -> tuple[list, int]:
-    """([(path, embedding)] of the usable files, number refused); each refusal is one line on stderr."""
+def _embed_all(model, files: list[str], windows: tuple | None = None) -> tuple[list, int]:
+    """([(path, embedding)] of the usable files, number refused); each refusal is one line on stderr.
+    With ``windows`` = (window, hop) seconds: [(path, (starts, embeddings))] (``embed_windows``)."""
     from ..data.audio import AudioError
 
     done, failed = [], 0
     for path in files:
         try:
-            done.append((path, model.embed(path)))
+            done.append((path, model.embed(path) if windows is None else model.embed_windows(path, *windows)))
         except (AudioError, ValueError) as exc:
             failed += 1
             print(f"error: skipped {exc}", file=sys.stderr)
@@ -63,6 +64,32 @@ def write_npy(out: Path, done: list) -> str:
         w.writerow(["path", "embedding"])
         w.writerows([path, f"{name}.npy"] for (path, _), name in zip(done, names))
     return f"{len(done)} .npy files in {out} (index.csv maps inputs to files)"
+
+
+def write_windows(out: Path, done: list) -> str:
+    """--window: NAME.npz per input (arrays 'starts' [N] seconds, 'embeddings' [N, D]) and index.csv."""
+    import numpy as np
+
+    names = _unique_names([p for p, _ in done])
+    for (_, (starts, emb)), name in zip(done, names):
+        with atomic_path(out / f"{name}.npz", suffix=".npz") as tmp:
+            np.savez(tmp, starts=starts, embeddings=emb)
+    with atomic_open(out / "index.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "windows"]] + [[p, f"{n}.npz"] for (p, _), n in zip(done, names)])
+    return f"{len(done)} .npz files of windows in {out} (index.csv maps inputs to files)"
+
+
+def _windows(args: argparse.Namespace) -> tuple | None:
+    """(window, hop) seconds from --window/--hop (hop: window / 2 by default), or None."""
+    if args.window is None:
+        if args.hop is not None:
+            raise ValueError("--hop needs --window")
+        return None
+    hop = args.window / 2 if args.hop is None else args.hop
+    for name, v in (("--window", args.window), ("--hop", hop)):
+        if not (v > 0 and v < float("inf")):
+            raise ValueError(f"{name} must be a positive number of seconds, got {v}")
+    return args.window, hop
 
 
 def write_npz(out: Path, done: list, dim: int) -> str:
@@ -85,10 +112,13 @@ def write_csv(out: Path, done: list, dim: int) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..inference.model import SpeakerEncoder
 
-    model = SpeakerEncoder.load(args.model, args.device)
+    windows = _windows(args)  # issue 21: --window/--hop/--no-vad
+    model = SpeakerEncoder.load(args.model, args.device, vad=not args.no_vad)
     out = _output_folder(args.out)
-    done, failed = _embed_all(model, args.files)
-    if args.format == "npy":
+    done, failed = _embed_all(model, args.files, windows)
+    if windows is not None:
+        where = write_windows(out, done)
+    elif args.format == "npy":
         where = write_npy(out, done)
     elif args.format == "npz":
         where = write_npz(out, done, model.embed_dim)
@@ -108,4 +138,11 @@ def add_parser(sub) -> None:
     p.add_argument("--model", help="a .safetensors model, a .pt checkpoint or a training run folder "
                                    "(default: the model bundled with the package)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    # issue 21: sliding windows and speech activity
+    p.add_argument("--window", type=float, default=None, metavar="S",
+                   help="embed S-second windows instead (one NAME.npz per input: 'starts' [N] s, 'embeddings' [N, D])")
+    p.add_argument("--hop", type=float, default=None, metavar="S", help="with --window: seconds between window "
+                                                                        "starts (default: half the window)")
+    p.add_argument("--no-vad", action="store_true",
+                   help="embed every sample (default: only the speech regions, by frame energy; windows never trim)")
     p.set_defaults(func=run)

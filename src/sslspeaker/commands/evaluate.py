@@ -12,7 +12,7 @@ def run(args: argparse.Namespace) -> int:
     if args.score_norm == "asnorm" and not args.cohort:
         raise ValueError("--score-norm asnorm needs --cohort MANIFEST (utterances of other speakers)")
     _check_backend_arguments(args)
-    model = SpeakerEncoder.load(args.model, args.device)
+    model = SpeakerEncoder.load(args.model, args.device, vad=not args.no_vad)
     res = evaluate(model, args.trials, args.audio_root, protocol=args.protocol, out=args.out,
                    cache=False if args.no_cache else args.cache, score_norm=args.score_norm,
                    cohort=args.cohort, top_k=args.top_k, progress=not args.quiet,
@@ -89,5 +89,7 @@ def add_parser(sub) -> None:
     p.add_argument("--backend-data", help="manifest CSV whose speaker column (real or pseudo labels) trains "
                                           "the --backend preset, embedded with the model")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--no-vad", action="store_true",  # issue 21 (speech activity)
+                   help="embed every sample (default: the full protocol embeds only the speech regions)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

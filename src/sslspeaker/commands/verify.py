@@ -21,7 +21,7 @@ def decision_line(score: float, threshold: float, source: str, same: bool, calib
 def run(args: argparse.Namespace) -> int:
     from ..inference.model import SpeakerEncoder
 
-    model = SpeakerEncoder.load(args.model, args.device)
+    model = SpeakerEncoder.load(args.model, args.device, vad=not args.no_vad)
     if args.prior is not None and not model.calibrated:
         raise ValueError(f"--prior: {model.source} has no calibrated back-end, so its scores are not "
                          "log-likelihood ratios; use --threshold")
@@ -60,4 +60,6 @@ def add_parser(sub) -> None:
                         "log((1-P)/P) on the log-likelihood ratio; default: the model's stated prior)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
+    p.add_argument("--no-vad", action="store_true",  # issue 21 (speech activity)
+                   help="embed every sample (default: only the speech regions, by frame energy)")
     p.set_defaults(func=run)

@@ -6,7 +6,14 @@ protocol) in the cache folder (default ``$XDG_CACHE_HOME/sslspeaker`` or
 ``~/.cache/sslspeaker``), named by the model's fingerprint (a hash of its weights and
 feature/encoder metadata) and the protocol's name+parameters hash; inside, each utterance is
 keyed by a hash of its absolute path, mtime and size (and, for randomly placed segments, the
-seed key). A changed model or protocol uses another file; a changed audio file another key.
+seed key, and whether speech activity trimmed it: ``vad``). A changed model or protocol uses
+another file; a changed audio file another key.
+
+``embed_utterances`` sorts the utterances by file size (a proxy for length) and embeds them in
+groups through ``model.embed_waves`` with a list of segments: padded batches sorted by length,
+each segment embedded as alone (``models.batched``). With the model's ``vad`` on, the ``full``
+protocol embeds each utterance's speech regions (``data.activity``; an utterance without speech
+is an error naming it); the segment protocols' crops are positions in the file, embedded as cut.
 
 What a cache file returns is checked: a file whose embeddings are not float32 arrays
 [n, segments, D] with the model's D, all finite, or whose key count disagrees, is ignored
@@ -29,7 +36,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from ..data.activity import trim_silence
 from ..fileio import atomic_path
+from .embeddings import file_size
 from .protocols import Protocol
 from .scoring import check_vectors
 
@@ -46,9 +55,10 @@ class EmbeddingCache:
     """Per-utterance embeddings [n, D] of one (model, protocol) pair in one ``.npz`` file."""
 
     def __init__(self, folder: str | os.PathLike, model_fingerprint: str, protocol: Protocol,
-                 embed_dim: int | None = None):
+                 embed_dim: int | None = None, vad: bool = True):
         self.folder = Path(folder)
         self.protocol = protocol
+        self.vad = bool(vad) and protocol.n == 1  # entries of speech-trimmed utterances (keys differ)
         self.embed_dim = embed_dim  # the model's embedding size: entries of another size are refused
         self.path = self.folder / f"{model_fingerprint[:20]}-{protocol.tag}.npz"
         self.info = {"model_fingerprint": model_fingerprint, "protocol": protocol.to_dict()}
@@ -75,6 +85,8 @@ class EmbeddingCache:
         blob = f"{os.path.abspath(path)}\0{st.st_mtime_ns}\0{st.st_size}"
         if self.protocol.seeded:
             blob += f"\0{seed_key if seed_key is not None else path}"
+        if self.vad:
+            blob += "\0vad"
         return hashlib.sha1(blob.encode("utf-8", "surrogateescape")).hexdigest()
 
     def get(self, key: str) -> np.ndarray | None:
@@ -124,9 +136,37 @@ def _read_ahead(fn, items: Iterable, workers: int = 2, depth: int = 8) -> Iterat
             yield item, fut
 
 
+def _loader(model, protocol: Protocol):
+    """path, seed key -> the segments [n, T] to embed: the speech of a full utterance when ``model.vad``."""
+    vad = bool(getattr(model, "vad", False)) and protocol.n == 1
+
+    def load(item: tuple) -> Any:
+        segs = protocol.load(item[0], item[1])
+        return [trim_silence(segs[0], item[0])] if vad else segs
+
+    return load
+
+
+def _embed_group(model, group: list, out: dict, cache: EmbeddingCache | None) -> None:
+    """Embed the loaded segments of ``group`` = [((path, seed key, cache key), segments)] in one call."""
+    waves = [w for _, segs in group for w in segs]
+    emb = model.embed_waves(waves)  # a list: padded batches by length, as ``embed_batch`` of the same files
+    at = 0
+    for (path, _, key), segs in group:
+        e, at = np.asarray(emb[at:at + len(segs)], dtype=np.float32), at + len(segs)
+        check_vectors({path: e})
+        out[path] = e
+        if cache is not None:
+            cache.put(key, e)
+            if cache.dirty >= 2000:
+                cache.save()
+
+
 def embed_utterances(model, protocol: Protocol, items: list[tuple[str, str]], cache: EmbeddingCache | None = None,
-                     progress: bool = True, desc: str = "embedding") -> tuple[dict[str, np.ndarray], dict]:
-    """``{path: [n, D] embeddings}`` for ``items`` = [(path, seed_key)], using and filling ``cache``."""
+                     progress: bool = True, desc: str = "embedding", group_size: int = 32
+                     ) -> tuple[dict[str, np.ndarray], dict]:
+    """``{path: [n, D] embeddings}`` for ``items`` = [(path, seed_key)], using and filling ``cache``;
+    ``group_size`` utterances (sorted by file size) per ``model.embed_waves`` call."""
     out: dict[str, np.ndarray] = {}
     todo: list[tuple[str, str, str | None]] = []
     for path, seed_key in items:
@@ -136,25 +176,25 @@ def embed_utterances(model, protocol: Protocol, items: list[tuple[str, str]], ca
             out[path] = hit
         else:
             todo.append((path, seed_key, key))
+    todo.sort(key=lambda it: file_size(it[0]))
     t0 = time.perf_counter()
     if todo:
         bar = tqdm(total=len(todo), desc=desc, unit="utt", disable=not progress, mininterval=1.0, dynamic_ncols=True)
+        group: list = []
         try:
-            for (path, seed_key, key), fut in _read_ahead(lambda it: protocol.load(it[0], it[1]), todo):
-                emb = model.embed_waves(fut.result())
-                check_vectors({path: emb})
-                out[path] = emb
-                if cache is not None:
-                    cache.put(key, emb)
-                    if cache.dirty >= 2000:
-                        cache.save()
-                bar.update(1)
+            for item, fut in _read_ahead(_loader(model, protocol), todo):
+                group.append((item, fut.result()))
+                if len(group) >= group_size or item is todo[-1]:
+                    _embed_group(model, group, out, cache)
+                    bar.update(len(group))
+                    group = []
         finally:
             bar.close()
             if cache is not None:
                 cache.save()
     stats = {"utterances": len(items), "computed": len(todo), "from_cache": len(items) - len(todo),
-             "seconds": round(time.perf_counter() - t0, 2)}
+             "seconds": round(time.perf_counter() - t0, 2),
+             "vad": bool(getattr(model, "vad", False)) and protocol.n == 1}
     return out, stats
 
 

@@ -188,7 +188,7 @@ def _open_cache(cache, model, protocol: Protocol) -> EmbeddingCache | None:
     if cache is False:
         return None
     return EmbeddingCache(default_cache_dir() if cache in (None, True) else cache, model.fingerprint, protocol,
-                          embed_dim=model.embed_dim)
+                          embed_dim=model.embed_dim, vad=getattr(model, "vad", False))
 
 
 # ---- stage 1: embed --------------------------------------------------------------------------

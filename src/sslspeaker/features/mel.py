@@ -137,6 +137,11 @@ class LogMel(torch.nn.Module):
         if x.shape[-1] <= self.n_fft // 2:
             raise ValueError(f"LogMel needs more than {self.n_fft // 2} samples (reflect padding), got {x.shape[-1]}")
         with torch.autocast(x.device.type, enabled=False):
+            return self.normalise(self.log_mel(x))
+
+    def log_mel(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T] -> log mel [B, n_mels, 1 + T // hop_length] before ``norm`` (float32)."""
+        with torch.autocast(x.device.type, enabled=False):
             x = x.float()
             if self.pre_emphasis:
                 x = pre_emphasis(x, self.pre_emphasis)
@@ -145,7 +150,29 @@ class LogMel(torch.nn.Module):
                 center=True, pad_mode="reflect", return_complex=True,
             )  # fmt: skip
             power = spec.real.square() + spec.imag.square()  # [B, F, frames]
-            mel = torch.log(torch.einsum("bft,fm->bmt", power, self.fb) + self.log_eps)
+            return torch.log(torch.einsum("bft,fm->bmt", power, self.fb) + self.log_eps)
+
+    def chunked(self, x: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+        """``forward(x)`` computed ``chunk_frames`` frames at a time: the STFT of each chunk sees
+        ``margin`` extra samples on each side (a whole number of hops, >= n_fft / 2), so every kept
+        frame's window and pre-emphasis are those of the whole signal; ``norm`` then uses the
+        statistics of all frames. Only the log mel frames are held, never the whole spectrum."""
+        if x.dim() != 2 or x.shape[-1] <= self.n_fft // 2:
+            return self.forward(x)
+        hop, n = self.hop_length, x.shape[-1]
+        margin = -(-(self.n_fft // 2) // hop) * hop
+        parts = []
+        for f0 in range(0, self.num_frames(n), chunk_frames):
+            f1 = min(f0 + chunk_frames, self.num_frames(n))
+            s0, s1 = max(f0 * hop - margin, 0), min((f1 - 1) * hop + margin + 1, n)
+            mel = self.log_mel(x[:, s0:max(s1, s0 + self.n_fft // 2 + 1)])
+            parts.append(mel[..., f0 - s0 // hop:f1 - s0 // hop])
+        with torch.autocast(x.device.type, enabled=False):
+            return self.normalise(torch.cat(parts, dim=-1))
+
+    def normalise(self, mel: torch.Tensor) -> torch.Tensor:
+        """``norm`` applied to log mel frames [B, n_mels, frames] (see the class docstring)."""
+        with torch.autocast(mel.device.type, enabled=False):
             if self.norm == "mean":
                 mel = mel - mel.mean(-1, keepdim=True)
             elif self.norm == "global":

@@ -6,7 +6,16 @@ A model file may carry a fitted back-end (``SpeakerEncoder.backend``): scores th
 it (log-likelihood ratios when it is calibrated); without one they are cosines.
 
 Audio is refused, with an error naming the file, when it is missing, holds NaN or inf, or has
-no speech: a peak below ``SILENCE_PEAK`` (about -80 dBFS), the rule ``prepare`` applies.
+no speech: a peak below ``SILENCE_PEAK`` (about -80 dBFS), the rule ``prepare`` applies, or, with
+speech activity on (``vad=True``, the default), no frame that the energy detector
+(``data.activity``) calls speech. With it on, ``embed``/``embed_batch``/``score``/``verify`` embed
+only the speech regions; ``vad=False`` (``--no-vad``) embeds every sample. ``embed_waves`` and
+``embed_windows`` never trim (their inputs are positions in the recording).
+
+Utterances of different lengths are embedded in padded batches sorted by length (``models.batched``:
+the same embedding as alone), and ones longer than ``chunk_seconds`` chunk by chunk with the
+utterance statistics pooled across chunks (memory flat in the length beyond the samples and
+log mel frames; the same embedding as unchunked).
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.activity import trim_silence
 from ..data.audio import SAMPLE_RATE, AudioError, read_audio
 from ..data.validate import SILENCE_PEAK
+from ..models.batched import embed_chunked, embed_padded
 from ..evaluation.scoring import check_vectors
 from .checkpoint_source import read_checkpoint
 from .model_file import (ModelError, build_modules, embed_dim, is_model_file, read_backend, read_model_file,
@@ -73,8 +84,13 @@ class SpeakerEncoder:
     >>> score, same = model.verify("a.wav", "b.wav")
     """
 
+    chunk_seconds = 60.0  # longer utterances are embedded chunk by chunk (``embed_chunked``)
+    batch_seconds = 600.0  # padded audio per batch in ``embed_batch``
+
     def __init__(self, encoder: torch.nn.Module, features: torch.nn.Module, metadata: dict,
-                 source: str | os.PathLike | None = None, device: str | torch.device = "cpu", backend=None):
+                 source: str | os.PathLike | None = None, device: str | torch.device = "cpu", backend=None,
+                 vad: bool = True):
+        self.vad = bool(vad)  # trim non-speech before embedding (``data.activity``)
         self.encoder = encoder.eval()
         self.features = features.eval()
         self.metadata = metadata
@@ -87,8 +103,10 @@ class SpeakerEncoder:
     # ---- loading ----
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-             encoder: str = "inference") -> "SpeakerEncoder":
+             encoder: str = "inference", vad: bool = True) -> "SpeakerEncoder":
         """A ``.safetensors`` model, a run folder or a ``.pt`` checkpoint; None = the bundled default.
+
+        ``vad``: trim non-speech before embedding (the default; see the module docstring).
 
         ``encoder`` (run folders and checkpoints): which of its encoders, ``inference`` (the one its
         method declares), ``online``, ``momentum`` or ``auto`` (see ``checkpoint_source``).
@@ -109,7 +127,7 @@ class SpeakerEncoder:
         if meta.get("embed_dim") is None:
             meta["embed_dim"] = embed_dim(encoder, meta)
         backend = read_backend(meta, arrays, str(path), meta["embed_dim"])
-        return cls(encoder, features, meta, source=source, device=device, backend=backend)
+        return cls(encoder, features, meta, source=source, device=device, backend=backend, vad=vad)
 
     def to(self, device: str | torch.device) -> "SpeakerEncoder":
         """Move the modules to ``device`` (see ``resolve_device``)."""
@@ -186,13 +204,18 @@ class SpeakerEncoder:
         return x
 
     @torch.inference_mode()
-    def embed_waves(self, waves: np.ndarray | torch.Tensor) -> np.ndarray:
-        """A batch of equal-length 16-kHz waveforms [B, T] -> normalised embeddings [B, D] (float32)."""
+    def embed_waves(self, waves: np.ndarray | torch.Tensor | Sequence[Any]) -> np.ndarray:
+        """16-kHz waveforms -> normalised embeddings [B, D] (float32), as given (no speech trimming):
+        a batch [B, T] of one length, or a sequence of 1-D waveforms of any lengths (padded batches)."""
+        if isinstance(waves, (list, tuple)):
+            return self._embed_prepared([np.asarray(w, dtype=np.float32).reshape(-1) for w in waves])
         x = torch.as_tensor(np.asarray(waves, dtype=np.float32) if not isinstance(waves, torch.Tensor) else waves,
                             dtype=torch.float32).to(self.device)
         if x.dim() == 1:
             x = x[None]
         self._check_length(x.shape[-1])
+        if x.shape[-1] > self.chunk_seconds * SAMPLE_RATE:
+            return self._embed_prepared(list(x.cpu().numpy()))
         return F.normalize(self.encoder(self.features(x)).float(), dim=-1).cpu().numpy()
 
     def _check_length(self, n: int, where: str | None = None) -> None:
@@ -201,21 +224,73 @@ class SpeakerEncoder:
             raise ValueError(f"{where + ': ' if where else ''}audio too short: {n} samples; needs at least {min_len} "
                              f"({1000 * min_len / SAMPLE_RATE:.0f} ms at {SAMPLE_RATE} Hz)")
 
-    def embed(self, waveform_or_path: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-        """Embedding [D] (float32, L2 norm 1) of one utterance: a path, or a 1-D waveform at ``sample_rate``.
-
-        Missing files, audio with NaN/inf samples and silent audio are refused (``AudioError``).
-        """
+    def _prepared(self, waveform_or_path: Any, sample_rate: int, vad: bool | None) -> np.ndarray:
+        """The checked 16-kHz waveform to embed: its speech regions when ``vad`` (None: ``self.vad``)."""
         where = str(waveform_or_path) if isinstance(waveform_or_path, (str, os.PathLike)) else "the waveform"
         x = self._waveform(waveform_or_path, sample_rate)
         self._check_length(x.shape[-1], where if where != "the waveform" else None)
-        return check_embedding(self.embed_waves(check_waveform(x, where)[None])[0], where)
+        x = check_waveform(x, where)
+        if self.vad if vad is None else vad:
+            x = trim_silence(x, where)
+            self._check_length(x.shape[-1], f"{where} (its speech regions)")
+        return x
 
-    def embed_batch(self, items: Sequence[Any], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-        """Embeddings [N, D] of several utterances (each embedded at its own full length)."""
+    @torch.inference_mode()
+    def _embed_prepared(self, waves: list[np.ndarray]) -> np.ndarray:
+        """Normalised embeddings [N, D]: long waveforms chunked, the others in padded batches by length."""
+        out = np.zeros((len(waves), self.embed_dim), dtype=np.float32)
+        long = [i for i, w in enumerate(waves) if len(w) > self.chunk_seconds * SAMPLE_RATE]
+        rest = sorted(set(range(len(waves))) - set(long))
+        chunk = max(1, int(self.chunk_seconds * SAMPLE_RATE) // self.features.hop_length)
+        for i in long:
+            x = torch.from_numpy(np.ascontiguousarray(waves[i])).to(self.device)
+            out[i] = F.normalize(embed_chunked(self.encoder, self.features, x, chunk).float(), dim=-1)[0].cpu().numpy()
+        if rest:
+            xs = [torch.from_numpy(np.ascontiguousarray(waves[i])).to(self.device) for i in rest]
+            frames = int(self.batch_seconds * SAMPLE_RATE) // self.features.hop_length
+            emb = F.normalize(embed_padded(self.encoder, self.features, xs, frames), dim=-1)
+            out[rest] = emb.cpu().numpy()
+        return out
+
+    def embed(self, waveform_or_path: Any, sample_rate: int = SAMPLE_RATE, vad: bool | None = None) -> np.ndarray:
+        """Embedding [D] (float32, L2 norm 1) of one utterance: a path, or a 1-D waveform at ``sample_rate``.
+
+        Missing files, audio with NaN/inf samples and silent audio (or, with ``vad``, audio without
+        speech) are refused (``AudioError``). ``vad``: None = this model's setting (``self.vad``).
+        """
+        where = str(waveform_or_path) if isinstance(waveform_or_path, (str, os.PathLike)) else "the waveform"
+        return check_embedding(self._embed_prepared([self._prepared(waveform_or_path, sample_rate, vad)])[0], where)
+
+    def embed_batch(self, items: Sequence[Any], sample_rate: int = SAMPLE_RATE, vad: bool | None = None) -> np.ndarray:
+        """Embeddings [N, D] of several utterances, each at its own full length (its speech with
+        ``vad``), in padded batches sorted by length: each the same as ``embed`` of it alone."""
         if len(items) == 0:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
-        return np.stack([self.embed(x, sample_rate) for x in items])
+        emb = self._embed_prepared([self._prepared(x, sample_rate, vad) for x in items])
+        for x, e in zip(items, emb):
+            check_embedding(e, str(x) if isinstance(x, (str, os.PathLike)) else "the waveform")
+        return emb
+
+    def embed_windows(self, wave_or_path: Any, window: float = 1.5, hop: float = 0.75,
+                      sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
+        """(starts [N] in seconds, embeddings [N, D]) of ``window``-second windows every ``hop`` seconds.
+
+        Windows start at 0, hop, 2 hop, ... while they fit; when that leaves a tail, one more window
+        ends at the recording's end; a recording shorter than ``window`` is one window. No speech
+        trimming: the starts are positions in the recording as given.
+        """
+        for name, v in (("window", window), ("hop", hop)):
+            if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
+        where = str(wave_or_path) if isinstance(wave_or_path, (str, os.PathLike)) else "the waveform"
+        x = check_waveform(self._waveform(wave_or_path, sample_rate), where)
+        win, step = int(round(window * SAMPLE_RATE)), max(1, int(round(hop * SAMPLE_RATE)))
+        self._check_length(min(win, len(x)), f"{where}: window {window} s")
+        starts = list(range(0, max(len(x) - win, 0) + 1, step))
+        if len(x) > win and starts[-1] + win < len(x):
+            starts.append(len(x) - win)
+        emb = self._embed_prepared([x[s:s + win] for s in starts])
+        return np.array(starts, dtype=np.float64) / SAMPLE_RATE, emb
 
     # ---- scoring ----
     @staticmethod
@@ -234,9 +309,9 @@ class SpeakerEncoder:
             scores = np.array([self.cosine(x, y) for x, y in zip(a, b)])
         return float(scores[0]) if single else scores
 
-    def score(self, a: Any, b: Any, sample_rate: int = SAMPLE_RATE) -> float:
+    def score(self, a: Any, b: Any, sample_rate: int = SAMPLE_RATE, vad: bool | None = None) -> float:
         """The score of two utterances' full-length embeddings (``score_embeddings``)."""
-        return self.score_embeddings(self.embed(a, sample_rate), self.embed(b, sample_rate))
+        return self.score_embeddings(self.embed(a, sample_rate, vad), self.embed(b, sample_rate, vad))
 
     def decision_threshold(self, threshold: float | None = None, prior: float | None = None) -> tuple[float, str]:
         """(threshold, where it comes from): ``threshold``, else the Bayes threshold at ``prior``
@@ -265,10 +340,10 @@ class SpeakerEncoder:
         return bayes_threshold(prior), f"Bayes, p_target {prior:g}"
 
     def verify(self, a: Any, b: Any, threshold: float | None = None, sample_rate: int = SAMPLE_RATE,
-               prior: float | None = None) -> tuple[float, bool]:
+               prior: float | None = None, vad: bool | None = None) -> tuple[float, bool]:
         """(score, same speaker?) — same when score >= the threshold (``decision_threshold(threshold, prior)``)."""
         threshold, _ = self.decision_threshold(threshold, prior)
-        s = self.score(a, b, sample_rate)
+        s = self.score(a, b, sample_rate, vad)
         return s, bool(s >= threshold)
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from sslspeaker.models.frames import active, time_average
 from sslspeaker.models.pooling import build_pooling
 from sslspeaker.models.registry import register_encoder
 
@@ -63,7 +64,8 @@ class SqueezeExcite1d(nn.Module):
         self.fc2 = nn.Conv1d(bottleneck, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean(dim=2, keepdim=True)))))
+        mean = x.mean(dim=2, keepdim=True) if active() is None else time_average(x).unsqueeze(2)
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(mean))))
 
 
 class SERes2Block(nn.Module):

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from sslspeaker.models.frames import active, time_average
 from sslspeaker.models.pooling import build_pooling
 from sslspeaker.models.registry import register_encoder
 
@@ -32,7 +33,8 @@ class SqueezeExcite(nn.Module):
         self.fc2 = nn.Linear(hidden, channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean(dim=(2, 3))))))
+        mean = x.mean(dim=(2, 3)) if active() is None else time_average(x, dims=(2,))
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(mean))))
         return x * gate[:, :, None, None].to(x.dtype)
 
 
@@ -111,7 +113,10 @@ class FastResNet34(nn.Module):
         if features.dim() != 3 or features.shape[1] != self.n_mels:
             raise ValueError(f"expected features [B, {self.n_mels}, frames], got {tuple(features.shape)}")
         x = features.float()
-        if self.input_norm:  # done by hand in float32: instance_norm has no bf16/channels_last concerns then
+        if self.input_norm and active() is not None:  # over the counted frames (``models.frames``)
+            mean = time_average(x).unsqueeze(2)
+            x = (x - mean) * torch.rsqrt(time_average((x - mean).square()).unsqueeze(2) + 1e-5)
+        elif self.input_norm:  # done by hand in float32: instance_norm has no bf16/channels_last concerns then
             x = (x - x.mean(dim=2, keepdim=True)) * torch.rsqrt(x.var(dim=2, keepdim=True, unbiased=False) + 1e-5)
         x = x.unsqueeze(1)  # [B, 1, n_mels, T]
         if self.conv1.weight.is_contiguous(memory_format=torch.channels_last):

@@ -3,7 +3,9 @@
 All run in float32 with autocast disabled: a softmax over hundreds of frames and a
 variance computed as E[x^2] - E[x]^2 lose too much precision in bf16. Every layer has
 ``out_dim``; the statistics layers floor the variance at ``eps`` so that one frame, or
-constant frames, give a finite std and gradient.
+constant frames, give a finite std and gradient. Under a frame context (``models.frames``:
+padded batches, chunked streams) every average over time is a ``time_average`` over the
+counted frames; without one the plain code below runs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+from sslspeaker.models.frames import active, time_average
 
 
 class SelfAttentivePooling(nn.Module):
@@ -34,8 +38,15 @@ class SelfAttentivePooling(nn.Module):
         x = x.float().transpose(1, 2)  # [B, T, C]
         return x, self.weights(x).unsqueeze(1)  # w: [B, 1, T]
 
+    def logits(self, x: Tensor) -> Tensor:
+        """Attention logits [B, 1, T] of frames x [B, C, T] (float32)."""
+        return (torch.tanh(self.proj(x.transpose(1, 2))) @ self.context).unsqueeze(1)
+
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
+            if active() is not None:
+                x = x.float()
+                return time_average(x, self.logits(x))
             x, w = self._prepare(x)
             return torch.bmm(w, x).squeeze(1)
 
@@ -50,9 +61,13 @@ class AttentiveStatisticsPooling(SelfAttentivePooling):
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            x, w = self._prepare(x)
-            mean = torch.bmm(w, x).squeeze(1)
-            var = torch.bmm(w, x * x).squeeze(1) - mean * mean
+            if active() is not None:
+                x = x.float()
+                mean, sq = time_average(torch.cat([x, x * x], dim=1), self.logits(x)).chunk(2, dim=1)
+            else:
+                x, w = self._prepare(x)
+                mean, sq = torch.bmm(w, x).squeeze(1), torch.bmm(w, x * x).squeeze(1)
+            var = sq - mean * mean
             return torch.cat([mean, var.clamp(min=self.eps).sqrt()], dim=1)
 
 
@@ -68,9 +83,22 @@ class TemporalStatisticsPooling(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
-            mean = x.mean(dim=2, keepdim=True)
-            var = (x - mean).square().mean(dim=2)  # two-pass, population variance: defined for one frame
+            mean, var = mean_and_variance(x)  # two-pass, population variance: defined for one frame
             return torch.cat([mean.squeeze(2), var.clamp(min=self.eps).sqrt()], dim=1)
+
+
+def mean_and_variance(x: Tensor, logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Two-pass mean [B, C, 1] and population variance [B, C] over time of x [B, C, T], uniform or
+    softmax(logits)-weighted, over the counted frames under a frame context."""
+    if active() is not None:
+        mean = time_average(x, logits).unsqueeze(2)
+        return mean, time_average((x - mean).square(), logits)
+    if logits is None:
+        mean = x.mean(dim=2, keepdim=True)
+        return mean, (x - mean).square().mean(dim=2)
+    w = torch.softmax(logits, dim=2)
+    mean = (w * x).sum(dim=2, keepdim=True)
+    return mean, (w * (x - mean).square()).sum(dim=2)
 
 
 class ContextAttentiveStatisticsPooling(nn.Module):
@@ -93,22 +121,16 @@ class ContextAttentiveStatisticsPooling(nn.Module):
             nn.Conv1d(in_ch, attention_dim, 1), nn.Tanh(), nn.Conv1d(attention_dim, channels, 1)
         )
 
-    def _stats(self, x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-        """Weighted mean and std over time; w [B, C, T] sums to 1 over T."""
-        mean = (w * x).sum(dim=2, keepdim=True)
-        var = (w * (x - mean).square()).sum(dim=2)  # two-pass: no cancellation for large means
-        return mean.squeeze(2), var.clamp(min=self.eps).sqrt()
-
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
             ctx = x
             if self.global_context:
-                mean = x.mean(dim=2, keepdim=True)
-                std = (x - mean).square().mean(dim=2, keepdim=True).clamp(min=self.eps).sqrt()
+                mean, var = mean_and_variance(x)
+                std = var.unsqueeze(2).clamp(min=self.eps).sqrt()
                 ctx = torch.cat([x, mean.expand_as(x), std.expand_as(x)], dim=1)  # expand_as: T stays symbolic in ONNX
-            w = torch.softmax(self.attention(ctx), dim=2)
-            return torch.cat(self._stats(x, w), dim=1)
+            mean, var = mean_and_variance(x, self.attention(ctx))  # two-pass: no cancellation for large means
+            return torch.cat([mean.squeeze(2), var.clamp(min=self.eps).sqrt()], dim=1)
 
 
 _POOLINGS = {

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sslspeaker.models.frames import active
 from sslspeaker.models.pooling import build_pooling
 from sslspeaker.models.registry import register_encoder
 
@@ -52,13 +53,23 @@ class TDNN(nn.Module):
         self.pooling = build_pooling("tstp", stats_channels)
         self.fc = nn.Linear(self.pooling.out_dim, embed_dim)
 
+    def _pad_edges(self, x: Tensor) -> Tensor:
+        """Each row's own first and last valid frame repeated (``models.frames``: padded rows end early)."""
+        left = self.context // 2
+        ctx = active()
+        if ctx is None or not ctx.zero_padding:
+            return F.pad(x, (left, self.context - left), mode="replicate")
+        _, hi = ctx.range_for(x.shape[-1])
+        idx = torch.arange(-left, x.shape[-1] + self.context - left, device=x.device).clamp(min=0)
+        idx = torch.minimum(idx[None], (hi - 1).clamp(min=0)[:, None])  # [B, T + context]
+        return x.gather(2, idx[:, None, :].expand(-1, x.shape[1], -1))
+
     def forward(self, features: Tensor) -> Tensor:
         if features.dim() != 3 or features.shape[1] != self.n_mels:
             raise ValueError(f"expected features [B, {self.n_mels}, frames], got {tuple(features.shape)}")
         x = features.float()
         if self.edge_pad:
-            left = self.context // 2
-            x = F.pad(x, (left, self.context - left), mode="replicate")
+            x = self._pad_edges(x)
         x = self.pooling(self.frames(x))  # float32
         with torch.autocast(x.device.type, enabled=False):
             return self.fc(x)

@@ -276,5 +276,12 @@ class SpeakerEncoder:
         return (f"SpeakerEncoder({self.metadata['encoder']['name']}, dim={self.metadata.get('embed_dim')}, "
                 f"backend={backend}, threshold={self.threshold}, device={self.device}, source={self.source!r})")
 
+    def enroll(self, files: Sequence[Any], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+        """The speaker model [D] of several utterances: their embeddings' mean, length-normalised
+        (``evaluation.enrolment``); score it against a test embedding with ``score_embeddings``."""
+        from ..evaluation.enrolment import enroll
+
+        return enroll(self, files, sample_rate)
+
 
 __all__ = ["SpeakerEncoder", "resolve_device", "check_waveform", "check_embedding", "DEVICE_HELP"]

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from ..backends import PRESETS, BackendChain
-from ..data.manifest import Entry, Trial, read_enrolment, read_manifest, read_scp, read_trials, resolve, write_trial_scores
+from ..data.manifest import (Entry, Trial, read_enrolment, read_manifest, read_scp, read_trials, resolve,
+                             write_trial_scores)
 from ..fileio import atomic_write_text, file_sha256, utc_now
 from .cache import EmbeddingCache, default_cache_dir, embed_utterances
 from .enrolment import enrolled_vectors
@@ -202,7 +203,7 @@ def _named_trial_set(path: Path, trials: list[Trial], root: str, labels: np.ndar
 def _load_model(model, device: str | None):
     from ..inference.model import SpeakerEncoder
 
-    if not isinstance(model, SpeakerEncoder):
+    if not hasattr(model, "embed_waves"):  # a path: SpeakerEncoder.load (an ONNX file gives the ONNX encoder)
         return SpeakerEncoder.load(model, device or "cpu")
     if device is not None:
         model.to(device)
@@ -432,13 +433,13 @@ def evaluate(model, trials_path: str | os.PathLike, audio_root: str | os.PathLik
 
 
 def check_out_path(out: str | os.PathLike | None, option: str = "--out") -> None:
-    """Refuse, before any work, a results path (given as ``option``) that is a folder or whose folder cannot be written."""
+    """Refuse, before any work, an output path (given as ``option``) that is a folder or cannot be written."""
     if out is None:
         return
     out = Path(out)
     if out.is_dir():
-        raise ValueError(f"{option} {out}: is a folder; give the {'results ' if option == '--out' else ''}file to write "
-                         f"(e.g. {out / ('results.json' if option == '--out' else 'scores.txt')})")
+        what, example = ("results file", "results.json") if option == "--out" else ("file", "scores.txt")
+        raise ValueError(f"{option} {out}: is a folder; give the {what} to write (e.g. {out / example})")
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

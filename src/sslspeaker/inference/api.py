@@ -2,7 +2,8 @@
 
 ``EncoderAPI`` is the shared base of ``model.SpeakerEncoder`` (torch) and
 ``onnx_model.OnnxSpeakerEncoder`` (onnxruntime). A subclass provides ``metadata`` (the model
-file's), ``backend`` (None or a ``BackendChain``), ``source`` and ``embed``; the rest follows:
+file's), ``backend`` (None or a ``BackendChain``), ``source``,
+``embed_waves`` and ``min_samples``; the rest follows: embedding of files and waveforms (checked),
 the stored threshold and prior, back-end or cosine scores, decisions, enrolment. Numpy only.
 """
 
@@ -62,8 +63,33 @@ class EncoderAPI:
     backend: Any = None
     source: str | None = None
 
-    def embed(self, waveform_or_path: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    min_samples: int  # the shortest waveform the front end takes
+
+    def embed_waves(self, waves: np.ndarray) -> np.ndarray:
+        """A batch of equal-length 16-kHz waveforms [B, T] -> normalised embeddings [B, D] (float32)."""
         raise NotImplementedError
+
+    # ---- embedding ----
+    def _check_length(self, n: int, where: str | None = None) -> None:
+        if n < self.min_samples:
+            raise ValueError(f"{where + ': ' if where else ''}audio too short: {n} samples; needs at least "
+                             f"{self.min_samples} ({1000 * self.min_samples / SAMPLE_RATE:.0f} ms at {SAMPLE_RATE} Hz)")
+
+    def embed(self, waveform_or_path: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+        """Embedding [D] (float32, L2 norm 1) of one utterance: a path, or a 1-D waveform at ``sample_rate``.
+
+        Missing files, audio with NaN/inf samples and silent audio are refused (``AudioError``).
+        """
+        where = str(waveform_or_path) if isinstance(waveform_or_path, (str, os.PathLike)) else "the waveform"
+        x = waveform_of(waveform_or_path, sample_rate)
+        self._check_length(x.shape[-1], where if where != "the waveform" else None)
+        return check_embedding(self.embed_waves(check_waveform(x, where)[None])[0], where)
+
+    def embed_batch(self, items: Sequence[Any], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+        """Embeddings [N, D] of several utterances (each embedded at its own full length)."""
+        if len(items) == 0:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        return np.stack([self.embed(x, sample_rate) for x in items])
 
     # ---- properties ----
     @property

@@ -11,9 +11,9 @@ waveform must be longer than n_fft / 2 samples (reflect padding), as for ``LogMe
 
 Uses the current, torch.export-based exporter (``dynamo=True``, opset 18), which needs the
 ``onnxscript`` package; without it, the deprecated TorchScript exporter (``dynamo=False``,
-opset 17), whose deprecation warning is left visible. Input and output are named
-(``waveform`` or ``features``; ``embedding``), with a named dynamic batch (``batch``) and time
-axis (``samples`` or ``frames``) and the output's fixed size [batch, D].
+opset 17), whose deprecation warning is shown (Python would hide a DeprecationWarning). Input
+and output are named (``waveform`` or ``features``; ``embedding``), with a named dynamic batch
+(``batch``) and time axis (``samples`` or ``frames``) and the output's fixed size [batch, D].
 
 The model file's metadata (encoder, features, threshold, prior, back-end config) is stored as
 the ONNX metadata entry "sslspeaker", plus the graph's input and what it computes; a
@@ -23,7 +23,6 @@ little-endian bytes in base64), so ``onnx_model.OnnxSpeakerEncoder`` scores as t
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 import logging
@@ -37,9 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..features.mel import LogMel
+from .onnx_model import BACKEND_KEY, METADATA_KEY, encode_arrays
 
 INPUT_WAVEFORM, INPUT_FEATURES, OUTPUT = "waveform", "features", "embedding"
-METADATA_KEY, BACKEND_KEY = "sslspeaker", "sslspeaker_backend"
 
 
 class DFTLogMel(nn.Module):
@@ -112,18 +111,6 @@ def _resolve(source, features: LogMel | None) -> tuple[nn.Module, LogMel, dict, 
     raise TypeError(f"export_onnx: expected a model path, SpeakerEncoder or encoder module, got {type(source).__name__}")
 
 
-def encode_arrays(arrays: dict) -> str:
-    """Named numpy arrays as JSON text: name -> {"dtype", "shape", "data": base64 of the little-endian bytes}."""
-    import numpy as np
-
-    out = {}
-    for k, v in arrays.items():
-        a = np.ascontiguousarray(v)
-        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-        out[k] = {"dtype": a.dtype.str, "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode("ascii")}
-    return json.dumps(out, sort_keys=True)
-
-
 def _dynamo_available() -> bool:
     try:
         import onnxscript  # noqa: F401  (the torch.export-based exporter's dependency)
@@ -147,9 +134,11 @@ def _export_graph(graph: nn.Module, example: Tensor, out_path: Path, name: str, 
         finally:
             registration.setLevel(level)
         return "torch.export (dynamo=True)"
-    torch.onnx.export(graph, (example,), str(out_path), dynamo=False, opset_version=opset or 17,
-                      input_names=[name], output_names=[OUTPUT],
-                      dynamic_axes={name: {i: n for i, n in axes.items() if i != "min"}, OUTPUT: {0: "batch"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", DeprecationWarning)  # shown, not hidden by Python's default filters
+        torch.onnx.export(graph, (example,), str(out_path), dynamo=False, opset_version=opset or 17,
+                          input_names=[name], output_names=[OUTPUT],
+                          dynamic_axes={name: {i: n for i, n in axes.items() if i != "min"}, OUTPUT: {0: "batch"}})
     return "TorchScript (dynamo=False; install onnxscript for the current exporter)"
 
 
@@ -188,4 +177,4 @@ def export_onnx(model_path_or_encoder, out_path: str | os.PathLike, include_feat
     return out_path
 
 
-__all__ = ["DFTLogMel", "export_onnx", "encode_arrays", "METADATA_KEY", "BACKEND_KEY"]
+__all__ = ["DFTLogMel", "export_onnx"]

@@ -17,7 +17,8 @@ def run(args: argparse.Namespace) -> int:
                    cache=False if args.no_cache else args.cache, score_norm=args.score_norm,
                    cohort=args.cohort, top_k=args.top_k, progress=not args.quiet,
                    embedding_norm=args.embedding_norm, norm_data=args.norm_data,
-                   backend=args.backend, backend_data=args.backend_data)
+                   backend=args.backend, backend_data=args.backend_data, scp=args.scp, enrolment=args.enroll,
+                   scores_file=args.scores)
     proto = res["protocol"]
     norm = f" + AS-norm (top {res['score_norm']['effective_top_k']} of {res['score_norm']['cohort_size']})" \
         if res["score_norm"] else ""
@@ -39,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     e = res["embedding"]
     print(f"embeddings: {e['computed']} computed, {e['from_cache']} from cache"
           + (f" ({e['cache']})" if e["cache"] else ""))
-    print(f"results: {args.out}  plots: {res['plots']['scores']}, {res['plots']['det']}")
+    print(f"results: {args.out}  plots: {res['plots']['scores']}, {res['plots']['det']}"
+          + (f"  per-trial scores: {args.scores}" if args.scores else ""))
     return 0
 
 
@@ -66,8 +68,16 @@ def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="speaker-verification EER/minDCF of a model on a trial list")
     p.add_argument("--model", help="a .safetensors model, a .pt checkpoint or a training run folder "
                                    "(default: the model bundled with the package)")
-    p.add_argument("--trials", required=True, help="trial list, VoxCeleb format: LABEL PATH_A PATH_B per line")
-    p.add_argument("--audio-root", required=True, help="folder the trial list's relative paths are relative to")
+    p.add_argument("--trials", required=True, help="trial list: VoxCeleb's 'LABEL A B' (LABEL 1 same speaker, 0 not) "
+                                                   "or Kaldi's 'A B target|nontarget' per line; A and B are paths, "
+                                                   "--scp ids or (A) --enroll models")
+    p.add_argument("--audio-root", help="folder the trial list's relative paths are relative to (default: its folder)")
+    p.add_argument("--scp", help="Kaldi wav.scp ('ID PATH' per line): trial and enrolment names that are its ids "
+                                 "are read from its paths")
+    p.add_argument("--enroll", help="enrolment list, Kaldi's spk2utt ('MODEL UTT1 UTT2 ...' per line): a trial side "
+                                    "naming MODEL is scored as the mean of its utterances' embeddings, length-normalised")
+    p.add_argument("--scores", help="also write the per-trial scores to this file ('A B SCORE target|nontarget' per "
+                                    "line, in trial-list order) for fusion and calibration")
     p.add_argument("--protocol", default="full", choices=list(PROTOCOLS),
                    help="full: whole-utterance embedding; mocovox10x10: 10 random 4-s segments, mean of 10x10 "
                         "cosines; clova10crop: 10 evenly spaced 400-frame crops (clovaai voxceleb_trainer)")

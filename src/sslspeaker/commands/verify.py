@@ -18,9 +18,19 @@ def decision_line(score: float, threshold: float, source: str, same: bool, calib
     return f"score {score:.4f}  threshold {threshold:.4f} ({source})  ->  {decision}"
 
 
+def _check_sides(args: argparse.Namespace) -> None:
+    """Two recordings A B, or ``--enroll FILE... --test FILE``; ``ValueError`` naming the options otherwise."""
+    if args.enroll or args.test:
+        if args.a is not None or not (args.enroll and args.test):
+            raise ValueError("give two recordings A B, or --enroll FILE [FILE ...] --test FILE (not both)")
+    elif args.b is None:
+        raise ValueError("give two recordings A B (or --enroll FILE [FILE ...] --test FILE)")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..inference.model import SpeakerEncoder
 
+    _check_sides(args)
     model = SpeakerEncoder.load(args.model, args.device, vad=not args.no_vad)
     if args.prior is not None and not model.calibrated:
         raise ValueError(f"--prior: {model.source} has no calibrated back-end, so its scores are not "
@@ -35,9 +45,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{model.source} {NO_THRESHOLD}")
     threshold, source = model.decision_threshold(args.threshold, args.prior)
     source = "--threshold" if args.threshold is not None else source
-    score, same = model.verify(args.a, args.b, threshold)
+    if args.enroll:
+        score = model.score_embeddings(model.enroll(args.enroll), model.embed(args.test))
+        same, sides = bool(score >= threshold), {"enroll": args.enroll, "test": args.test}
+    else:
+        (score, same), sides = model.verify(args.a, args.b, threshold), {"a": args.a, "b": args.b}
     if args.json:
-        record = {"a": args.a, "b": args.b, "score": score, "threshold": threshold, "threshold_source": source,
+        record = {**sides, "score": score, "threshold": threshold, "threshold_source": source,
                   "same_speaker": same, "backend": model.backend.name if model.backend else "cosine"}
         if model.calibrated:
             record.update(llr=score, prior=args.prior if args.prior is not None else model.prior)
@@ -50,8 +64,11 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("verify", help="are two recordings the same speaker? (the model's back-end or cosine score "
                                       "vs a threshold)")
-    p.add_argument("a", help="first audio file")
-    p.add_argument("b", help="second audio file")
+    p.add_argument("a", nargs="?", help="first audio file")
+    p.add_argument("b", nargs="?", help="second audio file")
+    p.add_argument("--enroll", nargs="+", metavar="FILE",
+                   help="enrol a speaker from these recordings (their embeddings' mean, length-normalised) ...")
+    p.add_argument("--test", metavar="FILE", help="... and score this recording against it (instead of A B)")
     p.add_argument("--model", help="a .safetensors model, a .pt checkpoint or a training run folder "
                                    "(default: the model bundled with the package)")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")

@@ -30,9 +30,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..backends import PRESETS, BackendChain
-from ..data.manifest import Entry, Trial, read_manifest, read_trials, resolve
+from ..data.manifest import (Entry, Trial, read_enrolment, read_manifest, read_scp, read_trials, resolve,
+                             write_trial_scores)
 from ..fileio import atomic_write_text, file_sha256, utc_now
 from .cache import EmbeddingCache, default_cache_dir, embed_utterances
+from .enrolment import enrolled_vectors
 from .normalise import EMBEDDING_NORMS, adapt_embeddings, as_norm, cohort_statistics, set_statistics
 from .protocols import Protocol, get_protocol, utterance_vector
 from .scoring import P_TARGETS, Backend, CosineBackend, metrics_from_scores, score_trials, trial_labels
@@ -130,13 +132,19 @@ def _options(options: EvalOptions | None, settings: dict) -> EvalOptions:
 # ---- inputs ----------------------------------------------------------------------------------
 @dataclass
 class TrialSet:
-    """A checked trial list: its trials, labels, audio root and utterances (resolved path -> as written)."""
+    """A checked trial list: its trials, labels, audio root and utterances (resolved path -> as written).
+
+    With a ``wav.scp`` or an enrolment list, ``trials`` name resolved paths and enrolment-model
+    keys (``models``: key -> its utterances' resolved paths) and ``written`` keeps them as written.
+    """
 
     path: Path
     trials: list[Trial]
     root: str
     labels: np.ndarray
     utterances: dict[str, str]
+    written: list[Trial] | None = None
+    models: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 def _read_list(path: str | os.PathLike, reader, what: str, empty: str) -> tuple[Path, list]:
@@ -157,8 +165,14 @@ def _check_files(paths: list[str], what: str) -> None:
         raise FileNotFoundError(f"{what}: {len(missing)} of {len(paths)} audio files not found: {shown}")
 
 
-def read_trial_set(trials_path: str | os.PathLike, audio_root: str | os.PathLike | None) -> TrialSet:
-    """The trial list, relative to ``audio_root`` (default: its folder), with both classes and every file present."""
+def read_trial_set(trials_path: str | os.PathLike, audio_root: str | os.PathLike | None,
+                   scp: str | os.PathLike | None = None, enrolment: str | os.PathLike | None = None) -> TrialSet:
+    """The trial list, relative to ``audio_root`` (default: its folder), with both classes and every file present.
+
+    ``scp``: a Kaldi ``wav.scp`` whose ids the trials (and enrolment lists) may name instead of
+    paths. ``enrolment``: a ``spk2utt``-style list; a trial side naming one of its models is
+    scored as that enrolled speaker (``evaluation.enrolment``).
+    """
     path, trials = _read_list(trials_path, read_trials, "trial list", "no trials")
     root = str(audio_root) if audio_root is not None else str(path.resolve().parent)
     labels = trial_labels(trials)
@@ -166,18 +180,38 @@ def read_trial_set(trials_path: str | os.PathLike, audio_root: str | os.PathLike
     if n_target in (0, len(labels)):
         raise ValueError(f"{path}: needs both target (1) and non-target (0) trials; "
                          f"has {n_target} targets of {len(labels)}")
+    if scp is None and enrolment is None:
+        utterances: dict[str, str] = {}
+        for t in trials:
+            for p in (t.a, t.b):
+                utterances.setdefault(resolve(p, root), p)
+        _check_files(list(utterances), f"{path} (audio root {root})")
+        return TrialSet(path, trials, root, labels, utterances)
+    return _named_trial_set(path, trials, root, labels, scp, enrolment)
+
+
+def _named_trial_set(path: Path, trials: list[Trial], root: str, labels: np.ndarray, scp, enrolment) -> TrialSet:
+    """The trial set whose names go through ``scp`` ids and ``enrolment`` models (either may be None)."""
+    ids = _read_list(scp, read_scp, "scp list", "no utterances")[1] if scp is not None else {}
+    listed = _read_list(enrolment, read_enrolment, "enrolment list", "no models")[1] if enrolment is not None else {}
     utterances: dict[str, str] = {}
-    for t in trials:
-        for p in (t.a, t.b):
-            utterances.setdefault(resolve(p, root), p)
-    _check_files(list(utterances), f"{path} (audio root {root})")
-    return TrialSet(path, trials, root, labels, utterances)
+
+    def utterance(name: str) -> str:
+        p = ids[name] if name in ids else resolve(name, root)
+        utterances.setdefault(p, name)
+        return p
+
+    keys = {m: f"{Path(enrolment).resolve()}#{m}" for m in listed}  # absolute, so ``resolve`` keeps them
+    models = {keys[m]: [utterance(u) for u in utts] for m, utts in listed.items()}
+    named = [Trial(t.label, keys.get(t.a) or utterance(t.a), keys.get(t.b) or utterance(t.b)) for t in trials]
+    _check_files(list(utterances), f"{path} (audio root {root}{', scp ' + str(scp) if scp else ''})")
+    return TrialSet(path, named, root, labels, utterances, written=trials, models=models)
 
 
 def _load_model(model, device: str | None):
     from ..inference.model import SpeakerEncoder
 
-    if not isinstance(model, SpeakerEncoder):
+    if not hasattr(model, "embed_waves"):  # a path: SpeakerEncoder.load (an ONNX file gives the ONNX encoder)
         return SpeakerEncoder.load(model, device or "cpu")
     if device is not None:
         model.to(device)
@@ -383,28 +417,37 @@ def results_record(model, opts: EvalOptions, trial_set: TrialSet, scores: np.nda
 # ---- the whole evaluation ----------------------------------------------------------------
 def evaluate(model, trials_path: str | os.PathLike, audio_root: str | os.PathLike | None = None, *,
              out: str | os.PathLike | None = None, device: str | None = None, progress: bool = True,
-             options: EvalOptions | None = None, **settings: Any) -> dict:
+             options: EvalOptions | None = None, scp: str | os.PathLike | None = None,
+             enrolment: str | os.PathLike | None = None, scores_file: str | os.PathLike | None = None,
+             **settings: Any) -> dict:
     """Evaluate ``model`` (a ``SpeakerEncoder`` or a model/checkpoint/run path) on a trial list.
 
     ``audio_root`` defaults to the trial list's folder. ``options`` (an ``EvalOptions``) and/or
     its fields as keywords (``protocol=``, ``cache=``, ``score_norm=``, ...; keywords win) say
-    how to score. Writes ``out`` (JSON) and its two PNGs when ``out`` is given; returns the results dict.
+    how to score. ``scp`` / ``enrolment``: see ``read_trial_set``. Writes ``out`` (JSON) and its
+    two PNGs when ``out`` is given, ``scores_file`` (``A B SCORE LABEL`` per trial) when given;
+    returns the results dict.
     """
     t_start = time.perf_counter()
     check_out_path(out)
+    check_out_path(scores_file, "--scores")
     opts = _options(options, settings)
     model = _load_model(model, device)
     opts = _model_backend(opts, model)
-    trial_set = read_trial_set(trials_path, audio_root)
+    trial_set = read_trial_set(trials_path, audio_root, scp, enrolment)
     store = _open_cache(opts.cache, model, opts.protocol)
     vectors, emb_stats = embed_trial_set(model, opts.protocol, trial_set, store, progress)
     vectors, adapt, emb_norm = normalise_embeddings(model, opts, vectors, store, progress)
+    vectors.update(enrolled_vectors(trial_set.models, vectors))
     backend, backend_record = backend_stage(model, opts, adapt, store, progress)
     opts = dataclasses.replace(opts, backend=backend)
     scores, score_norm = score_stage(model, opts, trial_set, vectors, adapt, store, progress)
     embedding = {**emb_stats, "cache": str(store.path) if store else None, "device": str(model.device)}
     norms = {"score_norm": score_norm, "embedding_norm": emb_norm, "backend": backend_record}
     results = results_record(model, opts, trial_set, scores, norms, embedding)
+    if scores_file is not None:
+        write_trial_scores(scores_file, trial_set.written or trial_set.trials, scores)
+        results["scores_file"] = str(Path(scores_file).resolve())
     if out is not None:
         write_plots(results, out, scores, trial_set.labels, opts.plot_formats)
     results["seconds"] = round(time.perf_counter() - t_start, 2)
@@ -413,18 +456,19 @@ def evaluate(model, trials_path: str | os.PathLike, audio_root: str | os.PathLik
     return results
 
 
-def check_out_path(out: str | os.PathLike | None) -> None:
-    """Refuse, before any work, a results path that is a folder or whose folder cannot be written."""
+def check_out_path(out: str | os.PathLike | None, option: str = "--out") -> None:
+    """Refuse, before any work, an output path (given as ``option``) that is a folder or cannot be written."""
     if out is None:
         return
     out = Path(out)
     if out.is_dir():
-        raise ValueError(f"--out {out}: is a folder; give the results file to write (e.g. {out / 'results.json'})")
+        what, example = ("results file", "results.json") if option == "--out" else ("file", "scores.txt")
+        raise ValueError(f"{option} {out}: is a folder; give the {what} to write (e.g. {out / example})")
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: cannot write there ({parent} is not a writable folder)")
+        raise ValueError(f"{option} {out}: cannot write there ({parent} is not a writable folder)")
 
 
 def plot_paths(out: str | os.PathLike, fmt: str = "png") -> tuple[Path, Path]:

@@ -29,11 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.activity import trim_silence
-from ..data.audio import SAMPLE_RATE, AudioError, read_audio
-from ..data.validate import SILENCE_PEAK
+from ..data.audio import SAMPLE_RATE
 from ..models.batched import embed_chunked, embed_padded
-from ..evaluation.scoring import check_vectors
+from .api import EncoderAPI, check_embedding, check_waveform
 from .checkpoint_source import read_checkpoint
 from .model_file import (ModelError, build_modules, embed_dim, is_model_file, read_backend, read_model_file,
                          resolve_model_path, split_backend)
@@ -61,24 +59,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def check_waveform(x: np.ndarray, where: str) -> np.ndarray:
-    """``x`` when it is finite and not silent; ``AudioError`` naming ``where`` otherwise."""
-    if not np.isfinite(x).all():
-        raise AudioError(where, f"{int((~np.isfinite(x)).sum())} samples are NaN or inf; refusing to score it")
-    peak = float(np.abs(x).max()) if x.size else 0.0
-    if peak < SILENCE_PEAK:
-        raise AudioError(where, f"no speech (silent: peak {peak:.1e} < {SILENCE_PEAK:.0e}); refusing to score it")
-    return x
-
-
-def check_embedding(e: np.ndarray, where: str) -> np.ndarray:
-    """``e`` when every value is finite; ``ValueError`` naming ``where`` otherwise."""
-    check_vectors({where: e})
-    return e
-
-
-class SpeakerEncoder:
-    """Waveforms or audio files -> L2-normalised speaker embeddings; scores (back-end or cosine) and decisions.
+class SpeakerEncoder(EncoderAPI):
+    """Waveforms or audio files -> L2-normalised speaker embeddings; scores (back-end or cosine), decisions and
+    enrolment come from ``api.EncoderAPI``.
 
     >>> model = SpeakerEncoder.load("model.safetensors")
     >>> score, same = model.verify("a.wav", "b.wav")
@@ -105,13 +88,20 @@ class SpeakerEncoder:
     def load(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
              encoder: str = "inference", vad: bool = True) -> "SpeakerEncoder":
         """A ``.safetensors`` model, a run folder or a ``.pt`` checkpoint; None = the bundled default.
+        An ``.onnx`` file (``sslspeaker export --onnx``) gives an ``onnx_model.OnnxSpeakerEncoder``.
 
-        ``vad``: trim non-speech before embedding (the default; see the module docstring).
+        ``vad``: trim non-speech before embedding (the default; see ``api``).
 
         ``encoder`` (run folders and checkpoints): which of its encoders, ``inference`` (the one its
         method declares), ``online``, ``momentum`` or ``auto`` (see ``checkpoint_source``).
         """
         path = resolve_model_path(path)
+        if path.suffix == ".onnx":  # a torch-free encoder over onnxruntime, with this same API
+            from .onnx_model import OnnxSpeakerEncoder
+
+            onnx = OnnxSpeakerEncoder.load(path, device)
+            onnx.vad = bool(vad)
+            return onnx
         device = resolve_device(device)
         arrays: dict = {}
         if is_model_file(path):
@@ -136,38 +126,6 @@ class SpeakerEncoder:
         self.features.to(self.device)
         return self
 
-    # ---- properties ----
-    @property
-    def threshold(self) -> float | None:
-        t = self.metadata.get("threshold")
-        return None if t is None else float(t)
-
-    @property
-    def threshold_source(self) -> str | None:
-        return self.metadata.get("threshold_source")
-
-    @property
-    def prior(self) -> float | None:
-        """The target prior whose Bayes threshold is the stored threshold (calibrated models), else None."""
-        p = self.metadata.get("prior")
-        return None if p is None else float(p)
-
-    @property
-    def calibrated(self) -> bool:
-        """True when scores are log-likelihood ratios (the model carries a calibrated back-end)."""
-        return self.backend is not None and self.backend.calibrated
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.metadata["embed_dim"])
-
-    @property
-    def config(self) -> dict:
-        """The resolved model and feature configuration (what the embeddings depend on)."""
-        m = self.metadata
-        return {"encoder": m["encoder"]["name"], "options": dict(m["encoder"].get("options") or {}),
-                "features": dict(m["features"]), "embed_dim": m.get("embed_dim"), "sample_rate": SAMPLE_RATE}
-
     @property
     def fingerprint(self) -> str:
         """sha256 over the weights and the embedding-relevant metadata (not the threshold).
@@ -185,24 +143,6 @@ class SpeakerEncoder:
         return self._fingerprint
 
     # ---- embedding ----
-    def _waveform(self, x: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-        if isinstance(x, (str, os.PathLike)):
-            if not os.path.isfile(x):
-                raise AudioError(x, "no such file")
-            return read_audio(x)
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim == 2 and 1 in x.shape:
-            x = x.reshape(-1)
-        if x.ndim != 1:
-            raise ValueError(f"expected a 1-D (mono) waveform, got shape {x.shape}")
-        if sample_rate != SAMPLE_RATE:
-            import soxr
-
-            x = soxr.resample(x, sample_rate, SAMPLE_RATE).astype(np.float32, copy=False)
-        return x
-
     @torch.inference_mode()
     def embed_waves(self, waves: np.ndarray | torch.Tensor | Sequence[Any]) -> np.ndarray:
         """16-kHz waveforms -> normalised embeddings [B, D] (float32), as given (no speech trimming):
@@ -217,23 +157,6 @@ class SpeakerEncoder:
         if x.shape[-1] > self.chunk_seconds * SAMPLE_RATE:
             return self._embed_prepared(list(x.cpu().numpy()))
         return F.normalize(self.encoder(self.features(x)).float(), dim=-1).cpu().numpy()
-
-    def _check_length(self, n: int, where: str | None = None) -> None:
-        min_len = self.features.n_fft // 2 + 1
-        if n < min_len:
-            raise ValueError(f"{where + ': ' if where else ''}audio too short: {n} samples; needs at least {min_len} "
-                             f"({1000 * min_len / SAMPLE_RATE:.0f} ms at {SAMPLE_RATE} Hz)")
-
-    def _prepared(self, waveform_or_path: Any, sample_rate: int, vad: bool | None) -> np.ndarray:
-        """The checked 16-kHz waveform to embed: its speech regions when ``vad`` (None: ``self.vad``)."""
-        where = str(waveform_or_path) if isinstance(waveform_or_path, (str, os.PathLike)) else "the waveform"
-        x = self._waveform(waveform_or_path, sample_rate)
-        self._check_length(x.shape[-1], where if where != "the waveform" else None)
-        x = check_waveform(x, where)
-        if self.vad if vad is None else vad:
-            x = trim_silence(x, where)
-            self._check_length(x.shape[-1], f"{where} (its speech regions)")
-        return x
 
     @torch.inference_mode()
     def _embed_prepared(self, waves: list[np.ndarray]) -> np.ndarray:
@@ -252,99 +175,10 @@ class SpeakerEncoder:
             out[rest] = emb.cpu().numpy()
         return out
 
-    def embed(self, waveform_or_path: Any, sample_rate: int = SAMPLE_RATE, vad: bool | None = None) -> np.ndarray:
-        """Embedding [D] (float32, L2 norm 1) of one utterance: a path, or a 1-D waveform at ``sample_rate``.
-
-        Missing files, audio with NaN/inf samples and silent audio (or, with ``vad``, audio without
-        speech) are refused (``AudioError``). ``vad``: None = this model's setting (``self.vad``).
-        """
-        where = str(waveform_or_path) if isinstance(waveform_or_path, (str, os.PathLike)) else "the waveform"
-        return check_embedding(self._embed_prepared([self._prepared(waveform_or_path, sample_rate, vad)])[0], where)
-
-    def embed_batch(self, items: Sequence[Any], sample_rate: int = SAMPLE_RATE, vad: bool | None = None) -> np.ndarray:
-        """Embeddings [N, D] of several utterances, each at its own full length (its speech with
-        ``vad``), in padded batches sorted by length: each the same as ``embed`` of it alone."""
-        if len(items) == 0:
-            return np.zeros((0, self.embed_dim), dtype=np.float32)
-        emb = self._embed_prepared([self._prepared(x, sample_rate, vad) for x in items])
-        for x, e in zip(items, emb):
-            check_embedding(e, str(x) if isinstance(x, (str, os.PathLike)) else "the waveform")
-        return emb
-
-    def embed_windows(self, wave_or_path: Any, window: float = 1.5, hop: float = 0.75,
-                      sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
-        """(starts [N] in seconds, embeddings [N, D]) of ``window``-second windows every ``hop`` seconds.
-
-        Windows start at 0, hop, 2 hop, ... while they fit; when that leaves a tail, one more window
-        ends at the recording's end; a recording shorter than ``window`` is one window. No speech
-        trimming: the starts are positions in the recording as given.
-        """
-        for name, v in (("window", window), ("hop", hop)):
-            if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
-        where = str(wave_or_path) if isinstance(wave_or_path, (str, os.PathLike)) else "the waveform"
-        x = check_waveform(self._waveform(wave_or_path, sample_rate), where)
-        win, step = int(round(window * SAMPLE_RATE)), max(1, int(round(hop * SAMPLE_RATE)))
-        self._check_length(min(win, len(x)), f"{where}: window {window} s")
-        starts = list(range(0, max(len(x) - win, 0) + 1, step))
-        if len(x) > win and starts[-1] + win < len(x):
-            starts.append(len(x) - win)
-        emb = self._embed_prepared([x[s:s + win] for s in starts])
-        return np.array(starts, dtype=np.float64) / SAMPLE_RATE, emb
-
-    # ---- scoring ----
-    @staticmethod
-    def cosine(a: np.ndarray, b: np.ndarray) -> float:
-        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
-
-    def score_embeddings(self, emb_a, emb_b) -> np.ndarray | float:
-        """Scores of embeddings [D] or [N, D] pair by pair: the back-end's (an LLR when calibrated), else cosine."""
-        a, b = np.asarray(emb_a), np.asarray(emb_b)
-        single = a.ndim == 1
-        a, b = np.atleast_2d(a), np.atleast_2d(b)
-        if self.backend is not None:
-            scores = np.asarray(self.backend.score_pairs(a, b), dtype=np.float64)
-        else:
-            scores = np.array([self.cosine(x, y) for x, y in zip(a, b)])
-        return float(scores[0]) if single else scores
-
-    def score(self, a: Any, b: Any, sample_rate: int = SAMPLE_RATE, vad: bool | None = None) -> float:
-        """The score of two utterances' full-length embeddings (``score_embeddings``)."""
-        return self.score_embeddings(self.embed(a, sample_rate, vad), self.embed(b, sample_rate, vad))
-
-    def decision_threshold(self, threshold: float | None = None, prior: float | None = None) -> tuple[float, str]:
-        """(threshold, where it comes from): ``threshold``, else the Bayes threshold at ``prior``
-        (calibrated models only), else the model's stored threshold."""
-        if threshold is not None and prior is not None:
-            raise ValueError("give a threshold or a prior, not both")
-        if threshold is not None:
-            if not np.isfinite(threshold):
-                raise ValueError(f"threshold must be a finite number, got {threshold!r}")
-            return float(threshold), "given"
-        if prior is not None:
-            return self._bayes_threshold(prior)
-        if self.threshold is None:
-            raise ValueError(f"{self.source or 'this model'} stores no decision threshold: pass threshold=... "
-                             "(or export the model with --trials to store its dev EER threshold)")
-        return self.threshold, self.threshold_source or "model threshold"
-
-    def _bayes_threshold(self, prior: float) -> tuple[float, str]:
-        from ..evaluation.llr_metrics import bayes_threshold
-
-        if not self.calibrated:
-            raise ValueError(f"a prior needs a calibrated model (scores that are log-likelihood ratios); "
-                             f"{self.source or 'this model'} has {'an uncalibrated' if self.backend else 'no'} back-end")
-        if not (isinstance(prior, (int, float)) and 0.0 < prior < 1.0):
-            raise ValueError(f"prior must be a probability in (0, 1), got {prior!r}")
-        return bayes_threshold(prior), f"Bayes, p_target {prior:g}"
-
-    def verify(self, a: Any, b: Any, threshold: float | None = None, sample_rate: int = SAMPLE_RATE,
-               prior: float | None = None, vad: bool | None = None) -> tuple[float, bool]:
-        """(score, same speaker?) — same when score >= the threshold (``decision_threshold(threshold, prior)``)."""
-        threshold, _ = self.decision_threshold(threshold, prior)
-        s = self.score(a, b, sample_rate, vad)
-        return s, bool(s >= threshold)
+    @property
+    def min_samples(self) -> int:
+        """The shortest waveform the front end takes: n_fft / 2 + 1 samples (its reflect padding)."""
+        return self.features.n_fft // 2 + 1
 
     def __repr__(self) -> str:
         backend = self.backend.name if self.backend is not None else None

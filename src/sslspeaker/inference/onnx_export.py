@@ -9,15 +9,23 @@ Hamming window times cos and sin rows, stride = hop), after the same pre-emphasi
 padding as ``LogMel``; the mel filterbank, log and normalisation follow as plain ops. The
 waveform must be longer than n_fft / 2 samples (reflect padding), as for ``LogMel``.
 
-Uses the TorchScript-based exporter (``dynamo=False``), which needs only the ``onnx``
-package; the torch.export-based one would also need ``onnxscript``. The model's sslspeaker
-metadata (encoder, features, threshold) is stored as the ONNX metadata entry "sslspeaker".
+Uses the current, torch.export-based exporter (``dynamo=True``, opset 18), which needs the
+``onnxscript`` package; without it, the deprecated TorchScript exporter (``dynamo=False``,
+opset 17), whose deprecation warning is shown (Python would hide a DeprecationWarning). Input
+and output are named (``waveform`` or ``features``; ``embedding``), with a named dynamic batch
+(``batch``) and time axis (``samples`` or ``frames``) and the output's fixed size [batch, D].
+
+The model file's metadata (encoder, features, threshold, prior, back-end config) is stored as
+the ONNX metadata entry "sslspeaker", plus the graph's input and what it computes; a
+back-end's arrays go in the entry "sslspeaker_backend" (JSON: name -> dtype, shape and the
+little-endian bytes in base64), so ``onnx_model.OnnxSpeakerEncoder`` scores as the model does.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import warnings
@@ -28,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..features.mel import LogMel
+from .onnx_model import BACKEND_KEY, METADATA_KEY, encode_arrays
 
 INPUT_WAVEFORM, INPUT_FEATURES, OUTPUT = "waveform", "features", "embedding"
 
@@ -87,51 +96,83 @@ class _Normalised(nn.Module):
         return F.normalize(self.encoder(x).float(), dim=-1)
 
 
-def _resolve(source, features: LogMel | None) -> tuple[nn.Module, LogMel, dict]:
-    """(encoder, LogMel, metadata) from a model path, a ``SpeakerEncoder`` or a bare encoder."""
+def _resolve(source, features: LogMel | None) -> tuple[nn.Module, LogMel, dict, dict]:
+    """(encoder, LogMel, metadata, back-end arrays) from a model path, a ``SpeakerEncoder`` or a bare encoder."""
     from .model import SpeakerEncoder
 
     if isinstance(source, (str, os.PathLike)):
         source = SpeakerEncoder.load(source)
     if isinstance(source, SpeakerEncoder):
-        return source.encoder, features if features is not None else source.features, source.metadata
+        arrays = source.backend.to_state()[1] if source.backend is not None else {}
+        return source.encoder, features if features is not None else source.features, source.metadata, arrays
     if isinstance(source, nn.Module):
         # a bare encoder carries no feature settings: LogMel's defaults unless given
-        return source, features if features is not None else LogMel(n_mels=source.n_mels), {}
+        return source, features if features is not None else LogMel(n_mels=source.n_mels), {}, {}
     raise TypeError(f"export_onnx: expected a model path, SpeakerEncoder or encoder module, got {type(source).__name__}")
 
 
+def _dynamo_available() -> bool:
+    try:
+        import onnxscript  # noqa: F401  (the torch.export-based exporter's dependency)
+    except ImportError:
+        return False
+    return True
+
+
+def _export_graph(graph: nn.Module, example: Tensor, out_path: Path, name: str, axes: dict, opset: int | None) -> str:
+    """Write the graph with the current exporter when it is installed, else the legacy one; which one ran."""
+    if _dynamo_available():
+        shapes = {"x": {i: torch.export.Dim(n, min=1 if i == 0 else axes["min"]) for i, n in axes.items() if i != "min"}}
+        registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+        level = registration.level
+        registration.setLevel(logging.ERROR)  # "torchvision is not installed": ops this graph never uses
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # torch-internal pytree deprecation
+                torch.onnx.export(graph, (example,), str(out_path), dynamo=True, opset_version=opset or 18,
+                                  input_names=[name], output_names=[OUTPUT], dynamic_shapes=shapes, verbose=False)
+        finally:
+            registration.setLevel(level)
+        return "torch.export (dynamo=True)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", DeprecationWarning)  # shown, not hidden by Python's default filters
+        torch.onnx.export(graph, (example,), str(out_path), dynamo=False, opset_version=opset or 17,
+                          input_names=[name], output_names=[OUTPUT],
+                          dynamic_axes={name: {i: n for i, n in axes.items() if i != "min"}, OUTPUT: {0: "batch"}})
+    return "TorchScript (dynamo=False; install onnxscript for the current exporter)"
+
+
 def export_onnx(model_path_or_encoder, out_path: str | os.PathLike, include_features: bool = True, *,
-                features: LogMel | None = None, opset: int = 17) -> Path:
+                features: LogMel | None = None, opset: int | None = None) -> Path:
     """Write ``out_path`` (.onnx): waveform [B, T] (or features [B, n_mels, frames] when
     ``include_features=False``) -> L2-normalised embeddings [B, D], B and T dynamic.
 
     ``model_path_or_encoder``: a ``.safetensors`` model / run folder / checkpoint, a loaded
     ``SpeakerEncoder``, or an encoder module (then ``features`` or ``LogMel(n_mels)`` defaults).
+    ``opset``: default 18 (current exporter) or 17 (legacy).
     """
     import onnx  # the "export" extra; fail early with ImportError when missing
 
-    encoder, logmel, meta = _resolve(model_path_or_encoder, features)
+    encoder, logmel, meta, arrays = _resolve(model_path_or_encoder, features)
     encoder = copy.deepcopy(encoder).cpu().eval()  # leave the caller's module (device, mode) untouched
     graph = _Normalised(encoder, DFTLogMel(logmel).cpu() if include_features else None).eval()
     n_mels = int(encoder.n_mels)
-    if include_features:
-        example = torch.randn(1, 32000, generator=torch.Generator().manual_seed(0)) * 0.1
-        name, axes = INPUT_WAVEFORM, {0: "batch", 1: "samples"}
+    g = torch.Generator().manual_seed(0)
+    if include_features:  # batch 2 in the example: the exporter would fix a batch of 1 as a constant
+        example = torch.randn(2, 32000, generator=g) * 0.1
+        name, axes = INPUT_WAVEFORM, {0: "batch", 1: "samples", "min": logmel.n_fft // 2 + 1}
     else:
-        example = torch.randn(1, n_mels, 201, generator=torch.Generator().manual_seed(0))
-        name, axes = INPUT_FEATURES, {0: "batch", 2: "frames"}
+        example = torch.randn(2, n_mels, 201, generator=g)
+        name, axes = INPUT_FEATURES, {0: "batch", 2: "frames", "min": 8}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(graph, (example,), str(out_path), dynamo=False, opset_version=opset,
-                          input_names=[name], output_names=[OUTPUT],
-                          dynamic_axes={name: axes, OUTPUT: {0: "batch"}})
+    exporter = _export_graph(graph, example, out_path, name, axes, opset)
     model = onnx.load(str(out_path))
-    info = {"input": name, "include_features": include_features, "normalised": True,
-            "features_impl": "conv1d DFT basis" if include_features else None, **meta}
-    model.metadata_props.add(key="sslspeaker", value=json.dumps(info, sort_keys=True, default=str))
+    info = {**meta, "input": name, "include_features": include_features, "normalised": True,
+            "features_impl": "conv1d DFT basis" if include_features else None, "exporter": exporter}
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(info, sort_keys=True, default=str))
+    if arrays:
+        model.metadata_props.add(key=BACKEND_KEY, value=encode_arrays(arrays))
     onnx.save(model, str(out_path))
     return out_path
 

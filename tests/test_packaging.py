@@ -37,7 +37,8 @@ def test_pyproject_declares_a_torch_range_and_a_light_core():
     assert [r for r in deps if r.startswith("torch")] == ["torch>=2.6,<3"]  # a range, not the machines' pin
     assert _names(deps) == {"torch", "numpy", "soundfile", "soxr", "safetensors", "pyyaml", "tqdm"}
     assert _names(extras["train"]) == {"scipy", "scikit-learn"} and _names(extras["plots"]) == {"matplotlib"}
-    assert _names(extras["export"]) == {"onnx", "onnxruntime"}
+    assert _names(extras["export"]) == {"onnx", "onnxruntime", "onnxscript"}
+    assert _names(extras["kaldi"]) == {"kaldiio"}
     assert {"pytest", "scipy", "scikit-learn", "matplotlib"} <= _names(extras["dev"])  # the suite's needs
 
 

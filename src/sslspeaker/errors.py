@@ -14,7 +14,7 @@ from types import ModuleType
 
 # Top-level module -> the extra of pyproject.toml that installs it.
 EXTRAS = {"scipy": "train", "sklearn": "train", "matplotlib": "plots", "onnx": "export", "onnxruntime": "export",
-          "tensorboard": "tensorboard"}
+          "onnxscript": "export", "kaldiio": "kaldi", "tensorboard": "tensorboard"}
 
 
 class Stopped(RuntimeError):

@@ -164,8 +164,8 @@ class SpeakerEncoder(EncoderAPI):
         out = np.zeros((len(waves), self.embed_dim), dtype=np.float32)
         long = [i for i, w in enumerate(waves) if len(w) > self.chunk_seconds * SAMPLE_RATE]
         rest = sorted(set(range(len(waves))) - set(long))
-        chunk = max(1, int(self.chunk_seconds * SAMPLE_RATE) // self.features.hop_length)
-        for i in long:
+        for i in long:  # (chunk_seconds may be inf: then nothing is long)
+            chunk = max(1, int(self.chunk_seconds * SAMPLE_RATE) // self.features.hop_length)
             x = torch.from_numpy(np.ascontiguousarray(waves[i])).to(self.device)
             out[i] = F.normalize(embed_chunked(self.encoder, self.features, x, chunk).float(), dim=-1)[0].cpu().numpy()
         if rest:

@@ -21,6 +21,14 @@ from _record import ROOT, commit, cpu_kind, record, table
 from sslspeaker.pipeline import run_pipeline
 
 RESULTS = ROOT / "bench" / "results" / "pipeline_dev.jsonl"
+RUN_NOTES = {
+    "pipeline_90min_xeon": "three helper sessions' targeted tests ran beside it at the lowest CPU priority (the "
+                           "pipeline's process group at autogroup nice -20); they still cost it some steps (its "
+                           "examples/s in log.jsonl sit below those of the quiet 60-min run).",
+    "pipeline_90min_xeon_cosine": "the same run's stages ssl..labels3 (done, not re-run), resumed with the back-end "
+                                  "stage's chain [lengthnorm] (calibrated cosine) instead of [whiten, lengthnorm, "
+                                  "plda]: the code of the commit shown, the recipe of the commit after it.",
+}
 COLUMNS = ["run", "stage", "kind", "minutes", "EER %", "minDCF0.01", "Cllr", "min Cllr", "backend", "clusters",
            "kept", "NMI", "purity", "commit", "cpu"]
 
@@ -79,7 +87,8 @@ def main() -> None:
         "one wall-clock budget on this machine's CPU; column cpu). Dev figures (`speechocean762/protocol/"
         "dev_trials.txt`, 9,500 trials, 25 held-out speakers) are scored after each stage for the report only; their "
         "scoring time is not in the stage minutes. NMI and purity compare a round's kept clusters with the pool's "
-        "true speakers (100 speechocean762 speakers + 251 one-clip LibriSpeech speakers), reported and never used.")
+        "true speakers (100 speechocean762 speakers + 251 one-clip LibriSpeech speakers), reported and never used."
+        + "".join(f"\n\n{run}: {note}" for run, note in RUN_NOTES.items() if any(r["run"] == run for r in rows)))
     record("pipeline_dev", "Pipeline: unlabelled pool to a calibrated verifier, dev trials stage by stage", body,
            command="python bench/pipeline_dev.py " + " ".join(sys.argv[1:]))
 

@@ -126,6 +126,7 @@ def test_require_extra_names_the_feature_and_the_extra(monkeypatch):
     from sslspeaker.errors import MissingExtraError, missing_extra, require_extra
 
     monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.discriminant_analysis", None)  # imported by earlier tests, maybe
     with pytest.raises(MissingExtraError, match=r"^the lda back-end needs the train extra \(sklearn is not "
                                                 r"installed\): pip install 'sslspeaker\[train\]'$"):
         require_extra("sklearn.discriminant_analysis", "the lda back-end")

@@ -57,8 +57,8 @@ def test_near_silence_around_speech_barely_moves_the_embedding_with_vad(model, s
     clean = model.embed(speech)
     with_vad = model.embed(padded)
     without = model.embed(padded, vad=False)
-    assert float(clean @ with_vad) > 0.98
-    assert float(clean @ without) < float(clean @ with_vad) - 0.05  # the silence moves it without VAD
+    assert float(clean @ with_vad) > 0.95  # only the 0.2-s margins of near-silence remain
+    assert float(clean @ without) < float(clean @ with_vad) - 0.1  # the silence moves it far more without VAD
     model.vad = False
     try:
         np.testing.assert_allclose(model.embed(padded), without, atol=1e-6)

@@ -101,10 +101,10 @@ def test_combined_sources_keep_each_source_snr():
 
 
 def test_reverb_unit_impulse_is_identity():
-    x = torch.randn(3, 5000)
+    x = torch.randn(3, 5000, generator=torch.Generator().manual_seed(0))
     rir = torch.zeros(3, 700)
     rir[:, 0] = 1
-    torch.testing.assert_close(reverberate(x, rir), x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(reverberate(x, rir), x, atol=1e-5, rtol=0)  # float32 FFT round-off (was flaky at 1e-6)
 
 
 def test_reverb_delayed_impulse_shifts():

@@ -323,19 +323,6 @@ sf.write(args[-1], soxr.resample(x.mean(axis=1), sr, int(args[args.index("-ar") 
     assert sf.info(entries[0].path).samplerate == 16000 and sf.info(entries[0].path).channels == 1
 
 
-def test_length_batches_group_nearly_equal_lengths():
-    from sslspeaker.data.crops import length_batches
-
-    d = [3.0, 10.0, 3.05, 9.8, 20.0, 2.9, 10.1]
-    batches = length_batches(d, batch_size=3)
-    assert sorted(i for b in batches for i in b) == list(range(7))  # every utterance once
-    assert [sorted(b.tolist()) for b in batches] == [[0, 2, 5], [1, 3, 6], [4]]
-    for b in batches:  # each batch's shortest is at least 95 % of its longest
-        assert min(d[i] for i in b) >= 0.95 * max(d[i] for i in b)
-    assert [len(b) for b in length_batches([1.0] * 5, batch_size=2)] == [2, 2, 1]
-    assert [len(b) for b in length_batches([4.0] * 5, batch_size=8, max_batch_seconds=8.0)] == [2, 2, 1]
-
-
 def test_prepare_cnceleb_layouts_enrolment_and_trials(tmp_path):
     """CN-Celeb1 (dev speakers, several enrolment utterances per model via enroll.map, .wav names in the lists
     of a FLAC release) and CN-Celeb2: subsets, the enrolment list and the model-vs-test trials."""

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -178,6 +179,10 @@ def test_embed_training_set(corpus, tmp_path):
         assert torch.nn.functional.cosine_similarity(alone, emb[i], dim=0) > 0.999
     cropped = t.embed_training_set(crop_seconds=0.5)
     assert cropped.shape == (9, 16) and not torch.allclose(cropped, emb, atol=1e-3)
+    t.dataset.entries[3] = dataclasses.replace(t.dataset.entries[3], path=str(tmp_path / "gone.wav"))
+    gone = t.embed_training_set()  # an unreadable file: a zero row, the others unchanged
+    assert torch.equal(gone[3], torch.zeros(16, device=gone.device))
+    torch.testing.assert_close(gone[[0, 4]], emb[[0, 4]], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("planned", [3, 100])

@@ -44,20 +44,3 @@ def crops_of(x: np.ndarray, crop_frames: int, n: int, rng: np.random.Generator) 
 def evenly_spaced_starts(file_frames: int, crop_frames: int, n: int) -> np.ndarray:
     """``n`` crop starts spread evenly over the file (clovaai's 10-crop evaluation)."""
     return np.linspace(0, max(0, file_frames - crop_frames), n).astype(np.int64)
-
-
-def length_batches(durations, batch_size: int, min_share: float = 0.95,
-                   max_batch_seconds: float | None = None) -> list[np.ndarray]:
-    """Indices grouped into batches of utterances of nearly equal length, for embedding whole utterances
-    together: sorted by duration, a batch grows while its shortest is at least ``min_share`` of its
-    longest, it holds at most ``batch_size`` utterances and (if given) ``max_batch_seconds`` of audio."""
-    d = np.asarray(durations, dtype=float)
-    order = np.argsort(d, kind="stable")
-    batches, start = [], 0
-    for i in range(1, len(order) + 1):
-        end_here = i == len(order) or i - start >= batch_size or d[order[start]] < min_share * d[order[i]] \
-            or (max_batch_seconds is not None and d[order[i]] * (i - start + 1) > max_batch_seconds)
-        if end_here:
-            batches.append(order[start:i])
-            start = i
-    return batches

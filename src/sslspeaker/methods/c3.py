@@ -19,7 +19,7 @@ negatives. Three stages, each starting at a configured epoch:
    L = L_reMoCo + ``proto_weight``·L_ProtoNCE, the ProtoNCE averaged over the clusterings.
    The stage needs both a start (``proto_start_epoch`` or ``proto_start_fraction``) and
    ``n_clusters``: either one without the other is an error, not a silently skipped stage. The
-   training set is embedded whole (``cluster_crop_seconds`` unset), batched by length.
+   training set is embedded whole (``cluster_crop_seconds`` unset), in padded batches.
 
 The projection head: the C3/DINO slides' MoCo has "an MLP projection head that maps the latent
 representation to an L2-normalised embedding where a contrastive loss is applied" (``projector:

@@ -28,6 +28,7 @@ from .. import distributed as dist_utils
 from ..config import Config, ConfigError, save_config, to_dict
 from ..data.dataset import EpochBatchSampler, collate
 from ..data.manifest import read_trials
+from ..data.audio import AudioError
 from ..evaluation.embeddings import embed_files
 from ..evaluation.scoring import metrics_from_scores, score_trials, trial_labels
 from ..methods.base import EpochContext
@@ -530,31 +531,42 @@ class Trainer:
     def embed_training_set(self, encoder: torch.nn.Module | None = None, crop_seconds: float | None = None,
                            batch_size: int = 64) -> torch.Tensor:
         """L2-normalised embeddings [N, D] of every training utterance, in dataset order, for epoch-end
-        work such as clustering: whole utterances (``crop_seconds`` None), batched by length
-        (``length_batches``: each cut, centred, to the shortest of its batch, so at least 95 % of it is
-        seen), or one centred crop of ``crop_seconds``. Computed on every rank (cheap relative to an
-        epoch, and keeps ranks in lock-step); an unreadable file gives a zero row (never a positive)."""
-        from ..data.crops import length_batches
-
+        work such as clustering: whole utterances (``crop_seconds`` None; ``embed_files``, padded batches,
+        each the same as alone), or one centred crop of ``crop_seconds``. Computed on every rank (cheap
+        relative to an epoch, and keeps ranks in lock-step); an unreadable file gives a zero row (never a
+        positive)."""
         encoder = encoder if encoder is not None else self.method.inference_encoder()
-        entries = self.dataset.entries
-        durations = [e.duration for e in entries]
         if crop_seconds is None:
-            batches = length_batches(durations, batch_size, max_batch_seconds=batch_size * 10.0)
-        else:
-            batches = [np.arange(i, min(i + batch_size, len(entries))) for i in range(0, len(entries), batch_size)]
+            return self._embed_whole_utterances(encoder)
+        entries = self.dataset.entries
+        frames = int(crop_seconds * 16000)
         was_training = encoder.training
         encoder.eval()
-        out: torch.Tensor | None = None
-        for rows in batches:
-            frames = int((crop_seconds or min(durations[i] for i in rows)) * 16000)
-            x = torch.from_numpy(np.stack([_centred_crop(entries[i], frames) for i in rows])).to(self.device)
+        out = []
+        for i in range(0, len(entries), batch_size):
+            x = torch.from_numpy(np.stack([_centred_crop(e, frames) for e in entries[i:i + batch_size]]))
             with _autocast(self.precision, self.device):
-                emb = torch.nn.functional.normalize(encoder(self.features(x)).float(), dim=1)
-            out = emb.new_zeros(len(entries), emb.shape[1]) if out is None else out
-            out[torch.as_tensor(rows, device=emb.device)] = emb
+                out.append(torch.nn.functional.normalize(encoder(self.features(x.to(self.device))).float(), dim=1))
         encoder.train(was_training)
-        return out
+        return torch.cat(out)
+
+    def _embed_whole_utterances(self, encoder: torch.nn.Module) -> torch.Tensor:
+        """``embed_training_set`` of whole utterances; a file that cannot be read is a zero row."""
+        paths = [e.path for e in self.dataset.entries]
+        # eager, as validation: whole utterances of every length would each compile a static graph
+        with torch.compiler.set_stance("force_eager"), _autocast(self.precision, self.device):
+            try:
+                by_path = embed_files(encoder, self.features, paths, self.device, progress=False)
+            except (AudioError, OSError, ValueError):  # one unreadable file: the others one at a time
+                by_path = {}
+                for path in dict.fromkeys(paths):
+                    try:
+                        by_path.update(embed_files(encoder, self.features, [path], self.device, progress=False))
+                    except (AudioError, OSError, ValueError):
+                        pass
+        dim = len(next(iter(by_path.values())))
+        rows = [torch.from_numpy(by_path[p]) if p in by_path else torch.zeros(dim) for p in paths]
+        return torch.stack(rows).to(self.device)
 
     def validate(self) -> dict:
         """EER and minDCF(0.01) on the validation trial list, full-utterance cosine scoring."""

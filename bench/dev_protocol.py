@@ -109,6 +109,7 @@ GROUPS = {
     "table1": "MoCoVox Table 1, scaled down: augmentation of the two segments at an equal number of steps",
     "screening": "Recipe work on MoCo (issue 3): what each change did",
     "gpu": "Trained on a GPU for a fixed budget, scored on this CPU machine's dev audio",
+    "rounds": "Self-training round settings (issue 19): one SSL encoder and one pseudo-label set, a round each",
 }
 
 

@@ -57,7 +57,7 @@ def test_near_silence_around_speech_barely_moves_the_embedding_with_vad(model, s
     clean = model.embed(speech)
     with_vad = model.embed(padded)
     without = model.embed(padded, vad=False)
-    assert float(clean @ with_vad) > 0.95  # only the 0.2-s margins of near-silence remain
+    assert float(clean @ with_vad) > 0.9  # only the padding's margins (0.75 s each side) of near-silence remain
     assert float(clean @ without) < float(clean @ with_vad) - 0.1  # the silence moves it far more without VAD
     model.vad = False
     try:

@@ -90,12 +90,23 @@ class DataConfig:
     workers: int = 1  # DataLoader worker processes (0 = read in the training process)
     prefetch: int = 4
     cache_gb: float = 2.0  # keep decoded training audio in memory when the whole set fits (0 = off)
+    # files: data.train lists manifests or folders, crops read at random; shards: shard folders made by
+    # `sslspeaker shard`, read in sequence (data/shards.py) through a shuffle buffer of shuffle_buffer
+    # utterances, in data.streams streams per rank (data.workers must divide it)
+    format: str = "files"
+    shuffle_buffer: int = 500
+    streams: int = 4
 
     def __post_init__(self) -> None:
         require_bounds("data", self, {
             "crop_seconds": POSITIVE, "n_views": (lambda v: v >= 1, ">= 1"), "local_crop_seconds": NON_NEGATIVE,
             "n_local_views": NON_NEGATIVE, "labelled_fraction": PROBABILITY, "workers": NON_NEGATIVE,
-            "prefetch": (lambda v: v >= 1, ">= 1"), "cache_gb": NON_NEGATIVE})
+            "prefetch": (lambda v: v >= 1, ">= 1"), "cache_gb": NON_NEGATIVE,
+            "shuffle_buffer": NON_NEGATIVE, "streams": (lambda v: v >= 1, ">= 1")})
+        require("data.format", self.format, self.format in ("files", "shards"), "files or shards")
+        if self.format == "shards":
+            require("data.workers", self.workers, self.streams % max(1, self.workers) == 0,
+                    f"a divisor of data.streams={self.streams} with data.format=shards")
         if self.n_local_views:
             require("data.local_crop_seconds", self.local_crop_seconds, self.local_crop_seconds > 0,
                     "> 0 with data.n_local_views > 0")

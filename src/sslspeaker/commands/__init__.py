@@ -1,4 +1,4 @@
 """One module per sub-command: each has ``add_parser(subparsers)`` and sets ``func``."""
 
 COMMANDS = ("prepare", "synth", "train", "evaluate", "embed", "verify", "export", "demo", "pseudolabel", "pipeline",
-            "plot")
+            "plot", "shard")

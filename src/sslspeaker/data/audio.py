@@ -6,6 +6,7 @@ non-finite value leaves this module (float files can hold them; integer files ca
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 
@@ -74,8 +75,17 @@ def read_audio(
     The result may be shorter than ``frames`` near the end of the file. Raises ``AudioError`` for
     a file that cannot be read and for NaN or infinite samples in the span read.
     """
+    return _decode(str(path), path, start, frames, sample_rate)
+
+
+def decode_audio(data: bytes, where: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``read_audio`` of a whole encoded file held in memory (a tar shard's member); ``where`` names it in errors."""
+    return _decode(io.BytesIO(data), where, 0, -1, sample_rate)
+
+
+def _decode(source, where, start: int, frames: int, sample_rate: int) -> np.ndarray:
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(source) as f:
             native = f.samplerate
             if native == sample_rate:
                 f_start, f_frames = start, frames
@@ -88,8 +98,10 @@ def read_audio(
     except AudioError:
         raise
     except Exception as exc:
-        raise AudioError(path, unreadable_reason(path, exc)) from None
-    check_finite(x, path)
+        reason = unreadable_reason(where, exc) if isinstance(source, str) else \
+            f"unreadable ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})"
+        raise AudioError(where, reason) from None
+    check_finite(x, where)
     x = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
     if native != sample_rate and x.size:
         x = soxr.resample(x, native, sample_rate).astype(np.float32, copy=False)

@@ -105,6 +105,17 @@ class SegmentDataset(torch.utils.data.Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = item_rng(self.seed, epoch, index)
         index, views, local = self._usable_crops(index, rng)
+        return self._item(index, views, local, rng)
+
+    def item_from_wave(self, epoch: int, index: int, x: np.ndarray) -> dict:
+        """The item of utterance ``index`` in ``epoch`` from its decoded audio ``x`` (a shard's member): the
+        same draws as ``__getitem__`` with the utterance cached in memory."""
+        rng = item_rng(self.seed, epoch, index)
+        views = crops_of(x, self.crop_frames, self.n_views, rng)
+        local = crops_of(x, self.local_frames, self.n_local, rng) if self.n_local else None
+        return self._item(index, views, local, rng)
+
+    def _item(self, index: int, views: np.ndarray, local: np.ndarray | None, rng: np.random.Generator) -> dict:
         if self.augment is not None:
             views = self.augment(views, rng)
             local = self.augment(local, rng) if local is not None else None

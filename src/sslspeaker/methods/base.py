@@ -41,6 +41,12 @@ class Method(nn.Module):
     # "index" (dataset indices [B], e.g. cluster look-ups) and "local_feats"
     # ([B, V_local, n_mels, frames_local], multi-crop methods such as DINO).
     wants: tuple[str, ...] = ()
+
+    @property
+    def embeds_training_set(self) -> bool:
+        """Whether epoch ends embed every training utterance (``EpochContext.embed_training_set``: SSPS, C3's
+        clustering), which reads them as files: not available with ``data.format=shards``."""
+        return getattr(self, "ssps", None) is not None
     # (online module, momentum copy) attribute names: ``make_momentum_copies`` creates the copies,
     # ``after_step`` moves them towards the online modules with ``momentum_at``.
     momentum_pairs: ClassVar[tuple[tuple[str, str], ...]] = ()

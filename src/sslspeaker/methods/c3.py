@@ -164,6 +164,10 @@ class C3MoCo(MoCo):
             self.register_buffer(f"proto_phi_{m}", torch.zeros(0))
 
     # ---- stages ---------------------------------------------------------------------------
+    @property
+    def embeds_training_set(self) -> bool:
+        return bool(self.n_clusters) or self.ssps is not None
+
     @staticmethod
     def _stage_start(index: int) -> property:
         """A stage's start epoch, read from and written to the ``stage_starts`` buffer."""

@@ -16,6 +16,7 @@ from ..augment.reverb import RirBank
 from ..config import Config, ConfigError, ManifestRef
 from ..data.audio import audio_info
 from ..data.dataset import SegmentDataset
+from ..data.shards import ShardDataset, ShardSet, open_shards
 from ..data.manifest import Entry, read_manifest
 from ..data.prepare import scan
 from ..features.mel import LogMel
@@ -107,18 +108,30 @@ class TrainingParts:
 def build_parts(cfg: Config) -> TrainingParts:
     """Data, augmentation, method and features of ``cfg`` (call after seeding torch with ``train.seed``)."""
     seed = cfg.train.seed
-    entries = load_all(cfg.data.train)
+    shards = open_shard_set(cfg) if cfg.data.format == "shards" else None
+    entries = shards.entries if shards is not None else load_all(cfg.data.train)
     fill_class_count(cfg, entries)
     augmenter = build_augmenter(cfg, seed)
     on_worker = augmenter is not None and not cfg.augment.on_device
     method = build_model(cfg)
+    if shards is not None and method.embeds_training_set:
+        raise ConfigError(f"data.format=shards: method {cfg.method.name} embeds the whole training set every epoch, "
+                          "which reads files; train it with data.format=files")
     d = cfg.data
-    dataset = SegmentDataset(entries, d.crop_seconds, d.n_views, seed,
-                             augment=worker_augment(augmenter) if on_worker else None,
-                             with_labels=method.needs_labels, local_crop_seconds=d.local_crop_seconds,
-                             n_local_views=d.n_local_views, labelled_fraction=d.labelled_fraction,
-                             cache_bytes=d.cache_gb * 1e9)
+    common = dict(crop_seconds=d.crop_seconds, n_views=d.n_views, seed=seed,
+                  augment=worker_augment(augmenter) if on_worker else None,
+                  with_labels=method.needs_labels, local_crop_seconds=d.local_crop_seconds,
+                  n_local_views=d.n_local_views, labelled_fraction=d.labelled_fraction)
+    dataset = ShardDataset(shards, **common) if shards is not None else \
+        SegmentDataset(entries, cache_bytes=d.cache_gb * 1e9, **common)
     return TrainingParts(augmenter, method, dataset, build_features(cfg))
+
+
+def open_shard_set(cfg: Config) -> ShardSet:
+    try:
+        return open_shards([r.manifest for r in cfg.data.train])
+    except ValueError as exc:
+        raise ConfigError(f"data.train (data.format=shards): {exc}") from None
 
 
 def decay_groups(named_parameters, weight_decay: float, exempt: set[str] = frozenset(),

@@ -27,6 +27,7 @@ from ..runs import RUN_CHECKPOINT
 from .. import distributed as dist_utils
 from ..config import Config, ConfigError, save_config, to_dict
 from ..data.dataset import EpochBatchSampler, collate
+from ..data.shards import ShardDataset
 from ..data.manifest import read_trials
 from ..data.audio import AudioError
 from ..evaluation.embeddings import embed_files
@@ -176,14 +177,25 @@ class Trainer:
         t = self.cfg.train
         self.augmenter, self.method, self.dataset = parts.augmenter, parts.method, parts.dataset
         n = len(self.dataset.entries)
-        self.sampler = EpochBatchSampler(n, t.batch_size, t.seed, self.rank, self.world)
+        self.sampler = self._batch_order(n)
         self.steps_per_epoch = self.sampler.batches_per_epoch()
         self.planned_epochs = t.epochs  # re-planned from measured time under train.fit_to_budget
         self.method.on_train_start(n, t.batch_size * self.world)
         self.features = parts.features.to(self.device)
-        check_training_files(self.dataset.entries)
+        if not isinstance(self.dataset, ShardDataset):  # shard files are checked when opened
+            check_training_files(self.dataset.entries)
         long_crop = warn_long_crop(self.dataset.entries, self.cfg.data.crop_seconds)
         self.notes += [long_crop] if long_crop else []
+
+    def _batch_order(self, n: int):
+        """The rank's batches: a sampler over the files, or the stream over the shards (data/shards.py)."""
+        t, d = self.cfg.train, self.cfg.data
+        if not isinstance(self.dataset, ShardDataset):
+            return EpochBatchSampler(n, t.batch_size, t.seed, self.rank, self.world)
+        try:
+            return self.dataset.stream(t.batch_size, t.seed, self.rank, self.world, d.streams, d.shuffle_buffer)
+        except ValueError as exc:
+            raise ConfigError(f"data.train (data.format=shards): {exc}") from None
 
     def _set_up_model(self) -> None:
         """Initial weights, device and memory format, DDP wrapping, compiled encoders."""
@@ -365,6 +377,8 @@ class Trainer:
     def _loader(self):
         # The batch sampler runs in this process, so one loader with persistent workers serves
         # every epoch (no re-fork and cold first batch at each epoch boundary).
+        if isinstance(self.dataset, ShardDataset):
+            return self._shard_loader()
         self.sampler.set_position(self.epoch, self.batch_in_epoch)
         if getattr(self, "_data_loader", None) is None or self._data_loader.dataset is not self.dataset:
             w = self.cfg.data.workers
@@ -376,6 +390,14 @@ class Trainer:
                 prefetch_factor=self.cfg.data.prefetch if w else None, persistent_workers=w > 0,
                 pin_memory=self.device.type == "cuda", worker_init_fn=_single_threaded)
         return self._data_loader
+
+    def _shard_loader(self):
+        # the stream is the dataset: workers take a copy of its position at each epoch's start (no persistence)
+        self.sampler.set_position(self.epoch, self.batch_in_epoch)
+        w = self.cfg.data.workers
+        return torch.utils.data.DataLoader(
+            self.sampler, batch_size=None, num_workers=w, prefetch_factor=self.cfg.data.prefetch if w else None,
+            pin_memory=self.device.type == "cuda", worker_init_fn=_single_threaded)
 
     def _features(self, wave: torch.Tensor) -> torch.Tensor:
         wave = wave.to(self.device, non_blocking=True)

@@ -40,7 +40,7 @@ def launch_node(recipe: Path, corpus: Path, out: Path, port: int, *extra: str) -
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "multinode-test",
            "--max-restarts", "0", "-m", "sslspeaker.cli", "train", str(recipe), f"data.train={corpus / 'train.csv'}",
            "data.crop_seconds=0.5", "data.workers=0", "train.batch_size=2", "train.threads=1", "train.device=cpu",
-           "train.checkpoint_every=1", "train.log_every=1", "--out", str(out), *extra]
+           "train.checkpoint_every=1", "train.log_every=1", *extra, "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -78,7 +78,7 @@ def worker_with_rank(agents: list[subprocess.Popen], rank: int) -> int | None:
 @pytest.fixture()
 def recipe(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text("model: {encoder: tdnn, options: {n_mels: 40, channels: 32, stats_channels: 64, embed_dim: 16}}\n"
+    path.write_text("model: {encoder: tdnn, options: {channels: 32, stats_channels: 64, embed_dim: 16}}\n"
                     "method: {name: moco, options: {queue_size: 64}}\n")
     return path
 
@@ -92,7 +92,9 @@ def test_two_nodes_shard_gather_and_resume_after_a_rank_is_killed(recipe, corpus
         deadline = time.time() + 240
         while checkpoint_step(out) < 3 and time.time() < deadline and all(a.poll() is None for a in agents):
             time.sleep(0.2)
-        assert checkpoint_step(out) >= 3, "the 2-node run wrote no checkpoint at step 3"
+        if checkpoint_step(out) < 3:
+            ended = [a.communicate(timeout=60)[0][-2000:] for a in agents if a.poll() is not None]
+            pytest.fail(f"the 2-node run wrote no checkpoint at step 3: {ended}")
         victim = worker_with_rank(agents, 3)
         assert victim is not None
         os.kill(victim, signal.SIGKILL)  # one rank dies: the job ends on both nodes
@@ -106,7 +108,7 @@ def test_two_nodes_shard_gather_and_resume_after_a_rank_is_killed(recipe, corpus
     # 9 utterances, global batch 2 x 4 ranks: one step per epoch; end 3 epochs after the checkpoint, on a
     # step count that is not a multiple of 4 (so a queue fed by 2 of the 8 keys would not sit at 0)
     end = killed_at + 3 + ((killed_at + 3) % 4 == 0)
-    run_nodes(recipe, corpus, out, "--resume", f"train.epochs={end}")
+    run_nodes(recipe, corpus, out, f"train.epochs={end}", "--resume")
     ckpt = load_checkpoint(out / CHECKPOINT)
     assert ckpt["position"] == {"step": end, "epoch": end, "batch": 0}  # 9 // 8 = 1 step per epoch on 4 ranks
     logs = [json.loads(line) for line in open(out / "log.jsonl")]

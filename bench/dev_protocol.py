@@ -134,7 +134,10 @@ def write_table(args, code: str | None = None) -> None:
              "each took). Overrides are relative to the recipe at the "
              "row's commit; rows without one ran at 868461d (A-I, moco_30min: 1.8-s crops, momentum 0.999, lr 0.03) "
              "or 8e73379 (x6_*: the same recipe with the 2-core data path), before the recipe took the "
-             "x6 findings (1-s crops, momentum 0.99, lr 0.1, torch.compile).")
+             "x6 findings (1-s crops, momentum 0.99, lr 0.1, torch.compile). The self-training round rows start "
+             "from the 90-min pipeline row's SSL encoder (`01_ssl`) and train on its `04_labels2` pseudo-labels; "
+             "they ran one after another at autogroup nice -20 while short tests and a wheel build ran beside "
+             "round_base_10min and round_gate_10min (hence their different step counts at equal minutes).")
     record("dev_protocol", "Development protocol: speechocean762 dev trials after a fixed CPU budget", body,
            command="python bench/dev_protocol.py " + " ".join(sys.argv[1:]), code=code)
 

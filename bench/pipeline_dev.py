@@ -30,8 +30,8 @@ RUN_NOTES = {
                                   "plda]: the code of the commit shown, the recipe of the commit after it.",
     "pipeline_90min_xeon_r4": "four rounds of about 12 minutes (the recipe at its commit), calibrated on the "
                               "pseudo-speakers labels4 held out of round 4. Beside it, at lower CPU priority (its "
-                              "process group at autogroup nice -20): the two-node torchrun test and short unit "
-                              "tests, under a minute of CPU in all.",
+                              "process group at autogroup nice -20): the two-node torchrun test, short unit tests "
+                              "and a small data-path check, a few minutes of CPU in all.",
 }
 COLUMNS = ["run", "stage", "kind", "minutes", "EER %", "minDCF0.01", "Cllr", "min Cllr", "backend", "clusters",
            "kept", "NMI", "purity", "commit", "cpu"]

@@ -137,7 +137,9 @@ def write_table(args, code: str | None = None) -> None:
              "x6 findings (1-s crops, momentum 0.99, lr 0.1, torch.compile). The self-training round rows start "
              "from the 90-min pipeline row's SSL encoder (`01_ssl`) and train on its `04_labels2` pseudo-labels; "
              "they ran one after another at autogroup nice -20 while short tests and a wheel build ran beside "
-             "round_base_10min and round_gate_10min (hence their different step counts at equal minutes).")
+             "round_base_10min and round_gate_10min (hence their different step counts at equal minutes). "
+             "round4_all_speakers_12min repeats pipeline_90min_xeon_r4's round 4 (its SSL encoder, its labels4) on "
+             "all 68 pseudo-speakers instead of the 58 the hold-out left it: what the hold-out cost that round.")
     record("dev_protocol", "Development protocol: speechocean762 dev trials after a fixed CPU budget", body,
            command="python bench/dev_protocol.py " + " ".join(sys.argv[1:]), code=code)
 

@@ -76,16 +76,15 @@ def wheel_size() -> tuple[str, int]:
 def main() -> None:
     dists = {canonical(d.metadata["Name"]): d for d in metadata.distributions()}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    groups: dict[str | None, set[str]] = {None: {requirement_name(r) for r in project["dependencies"]}}
-    for extra, reqs in project["optional-dependencies"].items():
-        groups[extra] = {requirement_name(r) for r in reqs}
+    core_names = {requirement_name(r) for r in project["dependencies"]}
+    extras = {extra: {requirement_name(r) for r in reqs} for extra, reqs in project["optional-dependencies"].items()}
     missing: set[str] = set()
-    core_names = groups.pop(None)
     core = closure(core_names, dists, missing)
     rows = [{"install": "core (" + ", ".join(sorted(core_names)) + ")", "distributions": len(core),
              "installed MB": round(sum(installed_size(dists[n]) for n in core) / MB, 1),
-             "of which torch MB": round(installed_size(dists["torch"]) / MB, 1) if "torch" in core else ""}]
-    for extra, names in sorted(groups.items()):
+             "of which torch MB": round(installed_size(dists["torch"]) / MB, 1) if "torch" in core else "",
+             "not installed here": ", ".join(sorted(missing)) or "-"}]
+    for extra, names in sorted(extras.items()):
         gone: set[str] = set()
         added = closure(names, dists, gone) - core
         rows.append({"install": f"+ [{extra}]", "distributions": len(added),

@@ -43,6 +43,11 @@ def unreadable_reason(path: str | os.PathLike, exc: BaseException) -> str:
         return "no such file"
     if os.path.isdir(path):
         return "is a folder, not an audio file"
+    return decoder_reason(exc)
+
+
+def decoder_reason(exc: BaseException) -> str:
+    """The decoder's complaint, on one line."""
     return f"unreadable ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})"
 
 
@@ -98,8 +103,7 @@ def _decode(source, where, start: int, frames: int, sample_rate: int) -> np.ndar
     except AudioError:
         raise
     except Exception as exc:
-        reason = unreadable_reason(where, exc) if isinstance(source, str) else \
-            f"unreadable ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})"
+        reason = unreadable_reason(where, exc) if isinstance(source, str) else decoder_reason(exc)
         raise AudioError(where, reason) from None
     check_finite(x, where)
     x = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]

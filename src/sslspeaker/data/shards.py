@@ -122,6 +122,7 @@ class ShardSet:
 
     paths: list[str]  # shard files
     members: list[np.ndarray]  # per shard: the global indices of its utterances, in tar order
+    keys: list[list[str]]  # per shard: its utterances' tar keys, in the same order
     entries: list[Entry]  # per utterance: path "SHARD#KEY", speaker, duration
 
     @property
@@ -129,15 +130,10 @@ class ShardSet:
         return np.array([len(m) for m in self.members])
 
 
-def is_shard_folder(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    return (p / SUMMARY).is_file() or (p.name == SUMMARY and p.is_file())
-
-
 def open_shards(folders: Sequence[str | os.PathLike]) -> ShardSet:
     """The shard set of ``folders`` (each a shard folder or its ``shards.json``); ``ValueError`` naming a
     folder that is not one, or a shard file that is missing."""
-    paths, members, entries = [], [], []
+    paths, members, keys, entries = [], [], [], []
     for folder in folders:
         folder = Path(folder)
         folder = folder.parent if folder.name == SUMMARY else folder
@@ -147,9 +143,11 @@ def open_shards(folders: Sequence[str | os.PathLike]) -> ShardSet:
         if summary.get("format") != FORMAT:
             raise ValueError(f"{folder / SUMMARY}: format {summary.get('format')!r}, expected {FORMAT!r}")
         by_shard: dict[str, list[int]] = {s["name"]: [] for s in summary["shards"]}
+        keys_of: dict[str, list[str]] = {s["name"]: [] for s in summary["shards"]}
         with open(folder / INDEX, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 by_shard[row["shard"]].append(len(entries))
+                keys_of[row["shard"]].append(row["key"])
                 entries.append(Entry(f"{folder / row['shard']}#{row['key']}", row["speaker"] or None,
                                      float(row["duration"])))
         for s in summary["shards"]:
@@ -161,9 +159,10 @@ def open_shards(folders: Sequence[str | os.PathLike]) -> ShardSet:
                                  f"{SUMMARY} says {s['count']}")
             paths.append(str(path))
             members.append(np.array(by_shard[s["name"]], dtype=np.int64))
+            keys.append(keys_of[s["name"]])
     if not entries:
         raise ValueError(f"{', '.join(map(str, folders))}: no utterances in the shards")
-    return ShardSet(paths, members, entries)
+    return ShardSet(paths, members, keys, entries)
 
 
 # ---- the plan: which slot emits which utterance when -----------------------------------------
@@ -199,9 +198,9 @@ def emission_order(arrivals: np.ndarray, buffer: int, rng: np.random.Generator) 
 
 
 # ---- reading ---------------------------------------------------------------------------------
-def read_members(path: str, wanted: set[int], keys: dict[int, str]) -> Iterator[tuple[int, bytes | None]]:
-    """(position in the shard, audio bytes or None when not wanted) of each utterance of one shard, in order."""
-    by_key = {k: pos for pos, k in keys.items()}
+def read_members(path: str, wanted: set[int], keys: list[str]) -> Iterator[tuple[int, bytes | None]]:
+    """(position in ``keys``, audio bytes or None when not wanted) of each utterance of one shard, in order."""
+    by_key = {k: pos for pos, k in enumerate(keys)}
     try:
         with tarfile.open(path, "r:") as tar:
             for m in tar:
@@ -262,19 +261,16 @@ class ShardStream(torch.utils.data.IterableDataset):
         arrival = -1
         for s in shard_ids:
             members = self.shards.members[s]
-            keys = {pos: self.shards.entries[u].path.rsplit("#", 1)[1] for pos, u in enumerate(members.tolist())}
             wanted = {pos for pos, u in enumerate(members.tolist()) if u in wanted_all}
-            for pos, data in read_members(self.shards.paths[s], wanted, keys):
+            for pos, data in read_members(self.shards.paths[s], wanted, self.shards.keys[s]):
                 arrival += 1
                 u = int(members[pos])
                 if data is not None:
                     ready[u] = self._item(u, data)
-                while emit < len(out) and at[emit] <= arrival:
-                    batch_end = (emit // self.batch_size + 1) * self.batch_size
-                    if at[min(batch_end, len(out)) - 1] > arrival:
-                        break
-                    yield collate([ready.pop(int(v)) for v in out[emit:batch_end]])
-                    emit = batch_end
+                # out holds whole batches and ``at`` never falls: a batch is ready when its last item is
+                while emit < len(out) and at[emit + self.batch_size - 1] <= arrival:
+                    yield collate([ready.pop(int(v)) for v in out[emit:emit + self.batch_size]])
+                    emit += self.batch_size
                 if emit >= len(out):
                     return
 
@@ -317,5 +313,5 @@ class ShardDataset(SegmentDataset):
         return ShardStream(self.shards, self, batch_size, seed, rank, world_size, streams, buffer)
 
 
-__all__ = ["write_shards", "open_shards", "is_shard_folder", "ShardSet", "ShardStream", "ShardDataset",
+__all__ = ["write_shards", "open_shards", "ShardSet", "ShardStream", "ShardDataset",
            "deal_shards", "batches_per_slot", "emission_order"]

@@ -33,7 +33,7 @@ RUN_NOTES = {
                               "process group at autogroup nice -20): the two-node torchrun test, short unit tests "
                               "and a small data-path check, a few minutes of CPU in all.",
     "pipeline_90min_epyc_bf16": "the recipe and code of pipeline_90min_xeon_r4 on a third CPU kind, an AMD EPYC with "
-                                "AVX-512-BF16 (bf16 training, no AMX), quiet beside it: started by mistake under the "
+                                "AVX-512-BF16 (bf16 training, no AMX), nothing else running: started by mistake under the "
                                 "label pipeline_90min_avx2 and recorded under this one by a second pass with --resume "
                                 "over the finished run (every stage done, nothing re-run: the report's resumed = 1).",
 }

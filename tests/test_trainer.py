@@ -208,6 +208,22 @@ def test_fit_to_budget_replans_epochs_so_the_schedule_ends_in_time(corpus, tmp_p
     assert plans == ([100, 6] if planned == 100 else [3, 6])  # the method heard every plan
 
 
+def test_first_epoch_estimate_leaves_out_the_compilation_of_its_first_steps():
+    from sslspeaker.training.trainer import WARM_STEPS, _Run, epoch_estimate
+
+    # a cold compile cache: the first step took 150 s, every later one 1 s; an epoch is 35 steps
+    run = _Run(None, 6.0, None, True, epoch_t0=0.0, epoch_step0=0)
+    run.warm = (150.0 + WARM_STEPS - 1, WARM_STEPS)  # the clock after WARM_STEPS steps
+    now = 150.0 + 34
+    assert epoch_estimate(now, run, 35, 35) == pytest.approx(35.0)  # 30 steps in 30 s: 1 s/step, not 184/35
+    run.epoch_seconds.append(35.0)
+    run.epoch_t0, run.epoch_step0 = now, 35  # a later epoch: its whole window (it includes epoch-end work)
+    assert epoch_estimate(now + 40, run, 70, 35) == pytest.approx(40.0)
+    short = _Run(None, 6.0, None, True, epoch_t0=0.0, epoch_step0=0)
+    short.warm = (154.0, WARM_STEPS)  # too few steps after the warm-up to time: the whole window
+    assert epoch_estimate(156.0, short, WARM_STEPS + 2, 7) == pytest.approx(156.0)
+
+
 def test_warmup_fraction_follows_the_planned_steps():
     from sslspeaker.training.build import build_scheduler
 

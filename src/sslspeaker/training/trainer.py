@@ -108,6 +108,18 @@ def _single_threaded(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+WARM_STEPS = 5  # steps after which a run's step time no longer includes compilation and first-call costs
+
+
+def epoch_estimate(now: float, run: "_Run", step: int, steps_per_epoch: int) -> float:
+    """Seconds per epoch = elapsed · steps_per_epoch / steps; over the steps after the warm-up on a run's first
+    epoch (its first steps pay compilation: a cold cache made a 35-step epoch look like 195 s, not 25 s)."""
+    t0, s0 = run.epoch_t0, run.epoch_step0
+    if not run.epoch_seconds and run.warm is not None and step - run.warm[1] >= WARM_STEPS:
+        t0, s0 = run.warm
+    return (now - t0) * steps_per_epoch / max(1, step - s0)
+
+
 @dataclass
 class _Run:
     """The bookkeeping of one ``Trainer.train`` call."""
@@ -123,6 +135,7 @@ class _Run:
     epoch_seconds: list[float] = field(default_factory=list)  # wall time per full epoch, epoch-end work included
     epoch_t0: float = field(default_factory=lambda: time.perf_counter())
     epoch_step0: int = 0
+    warm: tuple[float, int] | None = None  # (time, step) once WARM_STEPS steps are done: compilation is behind
     stopped: bool = False
 
     def over(self, step: int) -> bool:
@@ -448,6 +461,8 @@ class Trainer:
         self.method.after_step(self.step, self.total_steps)
         self.step += 1
         run.examples += feats.shape[0] * self.world
+        if run.warm is None and self.step - run.epoch_step0 >= WARM_STEPS:
+            run.warm = (time.perf_counter(), self.step)
         t = self.cfg.train
         if self.step % t.log_every == 0 or self.step == 1:
             self._log_step(loss, logs, run)
@@ -506,7 +521,7 @@ class Trainer:
             self._validate_and_log()
         if run.fit:
             now = time.perf_counter()
-            run.epoch_seconds.append((now - run.epoch_t0) * self.steps_per_epoch / max(1, self.step - run.epoch_step0))
+            run.epoch_seconds.append(epoch_estimate(now, run, self.step, self.steps_per_epoch))
             run.epoch_t0, run.epoch_step0 = now, self.step
             self._fit_to_budget(run.epoch_seconds, 60 * run.max_minutes - (now - run.start), run.bar)
         self.save()

@@ -135,7 +135,7 @@ class _Run:
     epoch_seconds: list[float] = field(default_factory=list)  # wall time per full epoch, epoch-end work included
     epoch_t0: float = field(default_factory=lambda: time.perf_counter())
     epoch_step0: int = 0
-    warm: tuple[float, int] | None = None  # (time, step) once WARM_STEPS steps are done: compilation is behind
+    warm: tuple[float, int] | None = None  # (time, step) once the first epoch's WARM_STEPS steps are done
     stopped: bool = False
 
     def over(self, step: int) -> bool:
@@ -461,7 +461,7 @@ class Trainer:
         self.method.after_step(self.step, self.total_steps)
         self.step += 1
         run.examples += feats.shape[0] * self.world
-        if run.warm is None and self.step - run.epoch_step0 >= WARM_STEPS:
+        if run.warm is None and not run.epoch_seconds and self.step - run.epoch_step0 >= WARM_STEPS:
             run.warm = (time.perf_counter(), self.step)
         t = self.cfg.train
         if self.step % t.log_every == 0 or self.step == 1:

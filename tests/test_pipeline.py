@@ -51,6 +51,13 @@ def test_a_valid_recipe_loads_with_defaults(tmp_path):
     (lambda t: t["stages"][3].update(colour="red"), r"unknown key stages\[3\].colour"),
     (lambda t: t.update(pool=[]), "pool: no manifest"),
     (lambda t: t.update(budget_minutes=0), "budget_minutes must be > 0"),
+    (lambda t: t["stages"].insert(3, {"name": "avg", "kind": "average", "models": ["sup"]}),
+     r"stages\[3\].models: \['sup'\] \(an average stage needs 2 or more"),
+    (lambda t: t["stages"].insert(3, {"name": "avg", "kind": "average", "models": ["ssl", "labels"]}),
+     r"stages\[3\].models: 'labels' is not an earlier train or average stage"),
+    (lambda t: t["stages"][2].update(models=["ssl"]), r"stages\[2\].models: only an average stage"),
+    (lambda t: t["stages"][1].update(options={"hold_out_from": "ssl"}),
+     r"stages\[1\].options.hold_out_from: 'ssl' is not an earlier pseudolabel stage"),
 ])
 def test_recipe_errors_name_the_option(tmp_path, change, message):
     tree = base_pipeline()
@@ -154,7 +161,8 @@ def test_pipeline_runs_every_stage_and_resumes(corpus, tmp_path, capsys):
     assert again["resumed"] == 1 and again["stages"]["ssl"]["finished"] == stages["ssl"]["finished"]
 
 
-@pytest.mark.parametrize("recipe", ["pipeline_speechocean762.yaml", "pipeline_voxceleb2.yaml"])
+@pytest.mark.parametrize("recipe", ["pipeline_speechocean762.yaml", "pipeline_speechocean762_soup.yaml",
+                                    "pipeline_voxceleb2.yaml"])
 def test_shipped_pipeline_recipes_and_their_training_recipes_load(recipe, tmp_path, monkeypatch):
     from pathlib import Path
 
@@ -222,3 +230,45 @@ def test_calibration_on_speakers_the_last_round_never_saw(corpus, tmp_path):
     bad = {**tree, "stages": [dict(s) for s in tree["stages"]]}
     bad["stages"][1] = {**labels, "options": {**labels["options"], "hold_out": 0.0}}
     assert main(["pipeline", str(write_yaml(tmp_path / "bad.yaml", bad)), "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_an_average_of_rounds_that_never_saw_the_calibration_speakers(corpus, tmp_path):
+    """labels holds half its pseudo-speakers out; labels2 (hold_out_from) leaves the same utterances out of the
+    second round; both rounds start from ssl and are averaged; the back-end calibrates on those utterances and
+    the model file is the average's."""
+    import torch
+
+    from sslspeaker.runs import load_checkpoint, run_checkpoint
+
+    root, pool, trials = corpus
+    tree = yaml.safe_load(tiny_recipes(tmp_path, pool, trials).read_text())
+    ssl, labels, sup, backend, calibration = tree["stages"]
+    labels["options"]["hold_out"] = 0.5
+    tree["stages"] = [ssl, labels, sup, {**labels, "name": "labels2", "options": {**labels["options"], "hold_out": 0.0,
+                                                                                 "hold_out_from": "labels"}},
+                      {**sup, "name": "sup2", "init_from": "ssl"},
+                      {"name": "avg", "kind": "average", "models": ["sup", "sup2"]},
+                      {**labels, "name": "labels3", "options": {**labels["options"], "hold_out": 0.0}},
+                      {**backend, "options": {"calibration_from": "labels"}}, calibration]
+    out = tmp_path / "run"
+    assert main(["pipeline", str(write_yaml(tmp_path / "avg.yaml", tree)), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    stages = report["stages"]
+    unseen = {e.path for e in read_manifest(stages["labels"]["outputs"]["held_out"])}
+    second = stages["labels2"]["outputs"]
+    assert second["manifest"].endswith("04_labels2/train.csv") and second["held_out"] is None
+    trained = {e.path for e in read_manifest(second["manifest"])}
+    assert trained and not trained & unseen and second["left_out"] > 0
+    assert second["speakers"] == len({e.speaker for e in read_manifest(second["manifest"])})
+    assert stages["sup2"]["outputs"]["init_from"].startswith(stages["ssl"]["outputs"]["run"])
+    rounds = [load_checkpoint(run_checkpoint(stages[n]["outputs"]["run"]))["method"] for n in ("sup", "sup2")]
+    avg = load_checkpoint(run_checkpoint(stages["avg"]["outputs"]["run"]))["method"]
+    key = next(k for k in avg if k.endswith("weight"))
+    assert torch.allclose(avg[key], (rounds[0][key] + rounds[1][key]) / 2)
+    assert not torch.allclose(avg[key], rounds[0][key])
+    assert 0.0 <= stages["avg"]["dev"]["eer"] <= 100.0
+    assert stages["labels3"]["outputs"]["model"] == stages["avg"]["outputs"]["run"]
+    assert stages["backend"]["outputs"]["model"] == stages["avg"]["outputs"]["run"]
+    calibrated = {e.path for e in read_manifest(stages["backend"]["outputs"]["held_out"])}
+    assert calibrated and calibrated <= unseen
+    assert report["final"]["encoder_from"] == "avg"

@@ -70,9 +70,10 @@ def stage_folder(out: Path, index: int, stage: StageConfig) -> Path:
 
 def plan_minutes(cfg: PipelineConfig, index: int, spent: float) -> float:
     """Minutes for train stage ``index``: what is left of the budget, less ``overhead_minutes`` for each
-    non-training stage still to come, split by the shares of the training stages still to come."""
+    stage still to come that embeds the pool (an ``average`` stage takes seconds), split by the shares
+    of the training stages still to come."""
     rest = cfg.stages[index:]
-    others = sum(1 for s in rest if s.kind != "train")
+    others = sum(1 for s in rest if s.kind not in ("train", "average"))
     shares = [s.share for s in rest if s.kind == "train"]
     left = cfg.budget_minutes - spent - others * cfg.overhead_minutes
     minutes = left * cfg.stages[index].share / sum(shares)

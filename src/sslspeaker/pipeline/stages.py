@@ -1,4 +1,4 @@
-"""One function per stage kind: train, pseudolabel, backend, calibrate; and the final model.
+"""One function per stage kind: train, pseudolabel, backend, calibrate, average; and the final model.
 
 Each takes a ``StageContext`` and returns the stage's outputs (paths and figures) for the report.
 
@@ -12,12 +12,17 @@ Each takes a ``StageContext`` and returns the stage's outputs (paths and figures
   test) and fits the back-end chain on the rest.
 - ``calibrate``: scores pairs among the held-out pseudo-speakers (same cluster = target) and
   fits the logistic calibration, so no labelled trial is needed.
+- ``average``: the uniform average of the encoders of the stages listed in ``models``
+  (``training.average``: rounds that all started from one encoder), a model like a train stage's.
 
 Held out of training too: a pseudolabel stage with ``options.hold_out`` moves that share of its
 pseudo-speakers from its training manifest (``train.csv``) to ``held_out.csv``, and a backend
 stage with ``options.calibration_from`` naming it calibrates on those utterances only: speakers
 the following training round never saw, as the test speakers will be (``calibration_share``
 holds out speakers the encoder was trained on, whose target scores run higher than a test's).
+A later pseudolabel stage with ``options.hold_out_from`` naming that stage leaves the same
+utterances out of its own training manifest, so that they stay unseen by every later round (and
+by an average of the rounds).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np
 
 from ..config import Config, ConfigError, build_dataclass, merge_trees, parse_overrides, read_recipe
 from ..data.manifest import read_manifest, write_manifest
-from .config import latest
+from .config import MODEL_KINDS, latest
 from .runner import StageContext
 
 log = logging.getLogger(__name__)
@@ -76,8 +81,8 @@ def training_config(ctx: StageContext) -> Config:
     wired: dict = {"validation": {"trials": None}, "train": {}}
     if ctx.cfg.device != "auto":
         wired["train"]["device"] = ctx.cfg.device
-    if ctx.stage.init and any(s.kind == "train" for s in ctx.cfg.stages[:ctx.index]):
-        wired["train"]["init_from"] = str(run_checkpoint(stage_run(ctx, "train", ctx.stage.init_from)[1]["run"]))
+    if ctx.stage.init and any(s.kind in MODEL_KINDS for s in ctx.cfg.stages[:ctx.index]):
+        wired["train"]["init_from"] = str(run_checkpoint(stage_run(ctx, "model", ctx.stage.init_from)[1]["run"]))
     if method_class(tree.get("method", {}).get("name", "moco")).needs_labels:
         _, labels = stage_run(ctx, "pseudolabel", ctx.stage.labels_from)
         wired["data"] = {"train": [labels["manifest"]]}
@@ -103,14 +108,14 @@ def run_train(ctx: StageContext) -> dict:
 
 
 # ---- pseudolabel -----------------------------------------------------------------------------
-HOLD_OUT_OPTIONS = ("hold_out", "hold_out_seed")  # the pipeline's own options of a pseudolabel stage
+HOLD_OUT_OPTIONS = ("hold_out", "hold_out_seed", "hold_out_from")  # the pipeline's own options of a pseudolabel stage
 
 
 def run_pseudolabel(ctx: StageContext) -> dict:
     from ..pseudolabel.run import PseudoLabelOptions, pseudolabel
 
     st = ctx.stage
-    _, model = stage_run(ctx, "train", st.model_from)
+    _, model = stage_run(ctx, "model", st.model_from)
     clusters = st.clusters if st.clusters == "auto" else int(st.clusters)
     options = {k: v for k, v in st.options.items() if k not in HOLD_OUT_OPTIONS}
     try:
@@ -121,9 +126,11 @@ def run_pseudolabel(ctx: StageContext) -> dict:
     report = pseudolabel(model["run"], pool_manifest(ctx), ctx.folder, opts)
     manifest, held_out = split_off_held_out(ctx.folder, float(st.options.get("hold_out", 0.0)),
                                            int(st.options.get("hold_out_seed", 0)))
+    manifest, left_out = leave_out_earlier_held_out(ctx, manifest)
     speakers = len({e.speaker for e in read_manifest(manifest)})
     weights = report["model"].get("encoder_weights")
     return {"manifest": str(manifest), "model": model["run"], "speakers": speakers, "held_out": held_out,
+            "left_out": left_out,
             "inference_embeddings": weights is None or weights == report["model"].get("inference_encoder"),
             "k": report["clustering"]["k"], "k_found_by": report["clustering"].get("k_found_by"),
             "kept": report["kept"]["utterances"], "dropped": report["dropped"]["utterances"],
@@ -142,6 +149,31 @@ def split_off_held_out(folder: Path, share: float, seed: int) -> tuple[Path, str
     write_manifest(folder / "train.csv", [e for e, h in zip(entries, held) if not h], relative=False)
     write_manifest(folder / "held_out.csv", [e for e, h in zip(entries, held) if h], relative=False)
     return folder / "train.csv", str(folder / "held_out.csv")
+
+
+def leave_out_earlier_held_out(ctx: StageContext, manifest: Path) -> tuple[Path, int]:
+    """(training manifest, utterances left out): with ``options.hold_out_from``, the utterances that stage
+    held out leave this stage's training manifest too (``train.csv``; pseudo-speakers left empty vanish)."""
+    source = ctx.stage.options.get("hold_out_from")
+    if source is None:
+        return manifest, 0
+    unseen = held_out_paths(ctx, source, "hold_out_from")
+    entries = read_manifest(manifest)
+    kept = [e for e in entries if e.path not in unseen]
+    if len({e.speaker for e in kept}) < 2:
+        raise ConfigError(f"stage {ctx.stage.name}: fewer than 2 pseudo-speakers left after leaving out what "
+                          f"stage {source} held out")
+    write_manifest(ctx.folder / "train.csv", kept, relative=False)
+    return ctx.folder / "train.csv", len(entries) - len(kept)
+
+
+def held_out_paths(ctx: StageContext, source: str, option: str) -> set[str]:
+    """The utterances pseudolabel stage ``source`` held out of training (named in ``options.<option>``)."""
+    _, labels = stage_run(ctx, "pseudolabel", source)
+    if not labels.get("held_out"):
+        raise ConfigError(f"stage {ctx.stage.name}.options.{option}: stage {source} held nothing out "
+                          "(give it options.hold_out)")
+    return {e.path for e in read_manifest(labels["held_out"])}
 
 
 # ---- backend and calibration -----------------------------------------------------------------
@@ -218,7 +250,7 @@ def run_backend(ctx: StageContext) -> dict:
     from ..backends import BackendChain
 
     st = ctx.stage
-    _, model = stage_run(ctx, "train", st.model_from)
+    _, model = stage_run(ctx, "model", st.model_from)
     _, labels = stage_run(ctx, "pseudolabel", st.labels_from)
     emb, speakers = embed_labelled(ctx, model["run"], labels["manifest"], stored_pool_embeddings(labels, model["run"]))
     held = calibration_speakers(ctx, labels["manifest"], speakers)
@@ -242,11 +274,7 @@ def calibration_speakers(ctx: StageContext, manifest: str, speakers: np.ndarray)
     if source is None:
         share, seed = float(st.options.get("calibration_share", 0.2)), int(st.options.get("seed", 0))
         return held_out_speakers(speakers, share, seed)
-    _, labels = stage_run(ctx, "pseudolabel", source)
-    if not labels.get("held_out"):
-        raise ConfigError(f"stage {st.name}.options.calibration_from: stage {source} held nothing out "
-                          "(give it options.hold_out)")
-    unseen = {e.path for e in read_manifest(labels["held_out"])}
+    unseen = held_out_paths(ctx, source, "calibration_from")
     held = np.array([e.path in unseen for e in read_manifest(manifest)])
     if len(np.unique(speakers[held])) < 2 or len(np.unique(speakers[~held])) < 2:
         raise ConfigError(f"stage {st.name}: the utterances stage {source} held out fall into fewer than 2 "
@@ -300,6 +328,15 @@ def run_calibrate(ctx: StageContext) -> dict:
             "calibration": chain.to_state()[0]["calibration"]}
 
 
+# ---- average ---------------------------------------------------------------------------------
+def run_average(ctx: StageContext) -> dict:
+    from ..training.average import average_runs
+
+    runs = [ctx.output_of(name)["run"] for name in ctx.stage.models]
+    average_runs(runs, ctx.folder)
+    return {"run": str(ctx.folder), "averaged": list(ctx.stage.models), "runs": runs}
+
+
 # ---- dev figures and the final model ---------------------------------------------------------
 def dev_figures(ctx: StageContext, outputs: dict) -> dict | None:
     """The dev trials scored after a stage that changes the verifier (report only; None without dev trials)."""
@@ -317,11 +354,11 @@ def dev_figures(ctx: StageContext, outputs: dict) -> dict | None:
 
 
 def finish(cfg, state) -> dict:
-    """``OUT/model.safetensors``: the last trained encoder with the last (calibrated) back-end, if any."""
+    """``OUT/model.safetensors``: the last model stage's encoder with the last (calibrated) back-end, if any."""
     from ..training.export import export_model
 
     stages = state.report["stages"]
-    last_train = next(s for s in reversed(cfg.stages) if s.kind == "train")
+    last_train = next(s for s in reversed(cfg.stages) if s.kind in MODEL_KINDS)
     chain_stage = next((s for s in reversed(cfg.stages) if s.kind in ("backend", "calibrate")), None)
     run = stages[last_train.name]["outputs"]["run"]
     chain = load_chain(stages[chain_stage.name]["outputs"]["backend"]) if chain_stage else None
@@ -331,4 +368,5 @@ def finish(cfg, state) -> dict:
             "backend_from": chain_stage.name if chain_stage else None}
 
 
-RUNNERS = {"train": run_train, "pseudolabel": run_pseudolabel, "backend": run_backend, "calibrate": run_calibrate}
+RUNNERS = {"train": run_train, "pseudolabel": run_pseudolabel, "backend": run_backend, "calibrate": run_calibrate,
+           "average": run_average}
